@@ -1,0 +1,32 @@
+# kurmad developer entry points. `make test` is the one command that checks everything.
+
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Debian packages the build, the tests and the benchmarks need on a fresh Debian 12 machine.
+APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzip
+
+.PHONY: deps setup lint test clean
+
+deps:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 $(APT_PACKAGES)
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check kurmad tests
+	$(VENV)/bin/ruff format --check kurmad tests
+	$(VENV)/bin/mypy kurmad
+
+test: lint
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache

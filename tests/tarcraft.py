@@ -1,0 +1,81 @@
+"""Hand-made tar archives for tests, including ones no honest tool would write."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+import tarfile
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+
+MANIFEST: dict[str, Any] = {
+    "acKind": "ImageManifest",
+    "acVersion": "0.8.11",
+    "name": "example.com/test",
+    "labels": [{"name": "version", "value": "1.0.0"}],
+}
+
+
+@dataclass
+class Entry:
+    name: str
+    type: bytes = tarfile.REGTYPE
+    data: bytes = b""
+    mode: int = 0o644
+    linkname: str = ""
+
+
+def file(name: str, data: bytes | str = b"", mode: int = 0o644) -> Entry:
+    return Entry(name, tarfile.REGTYPE, data.encode() if isinstance(data, str) else data, mode)
+
+
+def directory(name: str, mode: int = 0o755) -> Entry:
+    return Entry(name, tarfile.DIRTYPE, mode=mode)
+
+
+def symlink(name: str, target: str) -> Entry:
+    return Entry(name, tarfile.SYMTYPE, linkname=target, mode=0o777)
+
+
+def hardlink(name: str, target: str) -> Entry:
+    return Entry(name, tarfile.LNKTYPE, linkname=target)
+
+
+def manifest_entry(manifest: dict[str, Any] | str | None = None) -> Entry:
+    body = manifest if isinstance(manifest, str) else json.dumps(manifest or MANIFEST)
+    return file("manifest", body)
+
+
+def minimal_entries() -> list[Entry]:
+    return [manifest_entry(), directory("rootfs"), file("rootfs/hello", "hi\n")]
+
+
+def tar_bytes(entries: list[Entry]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for e in entries:
+            info = tarfile.TarInfo(e.name)
+            info.type = e.type
+            info.mode = e.mode
+            info.linkname = e.linkname
+            info.size = len(e.data) if e.type == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(e.data) if info.size else None)
+    return buf.getvalue()
+
+
+def compress(data: bytes, how: str) -> bytes:
+    if how == "gzip":
+        return gzip.compress(data, mtime=0)
+    if how == "bzip2":
+        return bz2.compress(data)
+    if how == "xz":
+        return lzma.compress(data)
+    if how == "zstd":
+        return zstandard.ZstdCompressor().compress(data)
+    assert how == "none"
+    return data
