@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Debian packages the build, the tests and the benchmarks need on a fresh Debian 12 machine.
 APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzip
 
-.PHONY: deps setup lint test clean
+.PHONY: deps setup lint test clean bench bench-import
 
 deps:
 	apt-get update -q
@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check kurmad tests
-	$(VENV)/bin/ruff format --check kurmad tests
+	$(VENV)/bin/ruff check kurmad tests bench
+	$(VENV)/bin/ruff format --check kurmad tests bench
 	$(VENV)/bin/mypy kurmad
 
 test: lint
@@ -30,3 +30,9 @@ test: lint
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache
+
+# Benchmarks against peers in the same run (medians and ratios); root gives them a tmpfs.
+bench: bench-import
+
+bench-import: setup
+	$(PY) -m bench.import_bench

@@ -79,3 +79,28 @@ def compress(data: bytes, how: str) -> bytes:
         return zstandard.ZstdCompressor().compress(data)
     assert how == "none"
     return data
+
+
+def image_manifest(
+    name: str,
+    version: str | None = "1.0.0",
+    *,
+    labels: dict[str, str] | None = None,
+    dependencies: list[dict[str, Any]] | None = None,
+    path_whitelist: list[str] | None = None,
+) -> dict[str, Any]:
+    manifest: dict[str, Any] = {"acKind": "ImageManifest", "acVersion": "0.8.11", "name": name}
+    all_labels = {**({"version": version} if version else {}), **(labels or {})}
+    if all_labels:
+        manifest["labels"] = [{"name": k, "value": v} for k, v in all_labels.items()]
+    if dependencies:
+        manifest["dependencies"] = dependencies
+    if path_whitelist:
+        manifest["pathWhitelist"] = path_whitelist
+    return manifest
+
+
+def aci(manifest: dict[str, Any], entries: list[Entry], how: str = "none") -> bytes:
+    """An ACI of ``manifest`` and rootfs ``entries`` (names relative to rootfs/)."""
+    rooted = [Entry(f"rootfs/{e.name}", e.type, e.data, e.mode, e.linkname) for e in entries]
+    return compress(tar_bytes([manifest_entry(manifest), directory("rootfs"), *rooted]), how)

@@ -77,6 +77,14 @@ def test_leading_dot_slash_names_are_accepted() -> None:
     assert scan_bytes(tar_bytes(entries)).entries == 3
 
 
+def test_an_archive_without_rootfs_is_an_empty_image() -> None:
+    seen: list[str] = []
+    info = scan(
+        io.BytesIO(tar_bytes([manifest_entry()])), lambda path, member, tar: seen.append(path)
+    )
+    assert info.entries == 1 and seen == []
+
+
 def test_visitor_sees_every_rootfs_entry_in_order() -> None:
     seen: list[str] = []
     entries = [
@@ -90,7 +98,6 @@ def test_visitor_sees_every_rootfs_entry_in_order() -> None:
 
 BAD_ARCHIVES = {
     "missing manifest": ([directory("rootfs"), file("rootfs/a")], "no 'manifest'"),
-    "missing rootfs": ([manifest_entry()], "no 'rootfs/'"),
     "duplicate manifest": ([*minimal_entries(), manifest_entry()], "'manifest' appears twice"),
     "duplicate rootfs file": ([*minimal_entries(), file("rootfs/hello")], "'rootfs/hello' appears twice"),
     "extra top-level file": ([*minimal_entries(), file("README")], "'README' is outside rootfs/"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from kurmad import appc
 from kurmad.appc import ImageManifest, PodManifest, ValidationError
 from kurmad.images.aci import AciError, BuildOptions, build, read_aci
 from kurmad.images.streams import Compression
+from kurmad.linux.files import atomic_writer
 
 from .output import fail, print_json
 
@@ -69,7 +69,8 @@ def image_build(args: argparse.Namespace) -> int:
         keep_mtimes=args.keep_mtimes,
         mtime=int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
     )
-    image_id = _write_atomically(out, lambda f: build(rootfs, manifest, f, options))
+    with atomic_writer(out) as f:
+        image_id = build(rootfs, manifest, f, options)
     print(f"{out}: {image_id}")
     return 0
 
@@ -93,23 +94,6 @@ def _load_image_manifest(path: Path) -> ImageManifest:
         fail(f"{path}: {err.strerror}")
     except ValidationError as err:
         fail(f"{path}: invalid image manifest: {err}")
-
-
-def _write_atomically(out: Path, write: Any) -> Any:
-    """Write through a temporary file beside ``out`` and rename it into place, so a failed
-    build never leaves a partial archive under the final name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            result = write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-        return result
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def image_validate(args: argparse.Namespace) -> int:

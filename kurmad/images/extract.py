@@ -1,0 +1,325 @@
+"""Extract an ACI's rootfs so that no entry can land outside it.
+
+Every path is resolved one component at a time from an open directory descriptor with
+O_NOFOLLOW, so a symlink planted by an earlier entry can never be written through (the
+"symlink-then-write" trick). Entries are created with O_EXCL and never replace anything.
+Hard links may only point at earlier entries of the same rootfs. Device nodes and setuid/setgid
+files are refused unless the policy allows them. What the spec says to keep is kept: modes,
+owners (when running as root), mtimes and extended attributes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tarfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .aci import ROOTFS, AciError, normalise_member_name
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_COPY_CHUNK = 1 << 20
+_XATTR_PREFIX = "SCHILY.xattr."
+# Charged against the quota for every entry besides its data: inodes are not free.
+ENTRY_OVERHEAD = 512
+
+
+class UnsafeEntryError(AciError):
+    """An entry would escape the rootfs or is of a kind the policy refuses."""
+
+
+@dataclass(frozen=True)
+class ExtractPolicy:
+    allow_devices: bool = False
+    allow_setuid: bool = False
+
+
+DEFAULT_POLICY = ExtractPolicy()
+
+
+@dataclass
+class ExtractResult:
+    # Directories that exist only because a deeper entry needed them (no entry of their own);
+    # rendering must not let them override a lower layer's real directory.
+    implied_dirs: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+
+
+@dataclass
+class _DirMeta:
+    mode: int
+    uid: int
+    gid: int
+    mtime: float
+    xattrs: dict[str, bytes]
+
+
+class SafeExtractor:
+    """Writes rootfs entries below ``root`` (an empty directory). Use as a context manager;
+    ``finish()`` applies directory metadata once every entry is in place."""
+
+    _CACHE_SIZE = 64
+
+    def __init__(
+        self,
+        root: Path,
+        policy: ExtractPolicy = DEFAULT_POLICY,
+        charge: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self._root_fd = os.open(root, _DIR_FLAGS)
+        self._policy = policy
+        self._charge = charge
+        self._dirs: OrderedDict[str, int] = OrderedDict()
+        self._dir_meta: dict[str, _DirMeta] = {}
+        self._as_root = os.geteuid() == 0
+        self.result = ExtractResult()
+
+    def __enter__(self) -> SafeExtractor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+    # -- the visitor aci.scan calls ---------------------------------------------------------
+
+    def __call__(self, path: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        relative = _inside_rootfs(path)
+        self._trim_cache()
+        try:
+            self._charge(ENTRY_OVERHEAD + (member.size if member.isreg() else 0))
+            if relative == "":
+                self._remember_dir("", member)
+            else:
+                self._extract(relative, member, tar)
+        except OSError as err:
+            raise _os_error(path, err) from None
+
+    def _extract(self, relative: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        parent_path, _, name = relative.rpartition("/")
+        if member.islnk():
+            self._make_hardlink(parent_path, name, relative, member)
+            return
+        parent = self._open_dir(parent_path, relative)
+        if member.isdir():
+            self._make_dir(parent, name, relative, member)
+        elif member.isreg():
+            self._write_file(parent, name, relative, member, tar)
+        elif member.issym():
+            os.symlink(member.linkname, name, dir_fd=parent)
+            self._set_owner_and_times(parent, name, member)
+        elif member.isfifo():
+            os.mkfifo(name, stat.S_IMODE(member.mode), dir_fd=parent)
+            self._set_owner_and_times(parent, name, member)
+        elif member.ischr() or member.isblk():
+            self._make_device(parent, name, relative, member)
+        else:
+            raise UnsafeEntryError(
+                f"entry {_entry(relative)} has an unsupported tar type {member.type!r}"
+            )
+
+    # -- directories ------------------------------------------------------------------------
+
+    def _open_dir(self, relative: str, entry: str) -> int:
+        """An fd of directory ``relative`` (creating implied ones), never through a symlink."""
+        if relative == "":
+            return self._root_fd
+        fd = self._dirs.get(relative)
+        if fd is not None:
+            self._dirs.move_to_end(relative)
+            return fd
+        parent_path, _, name = relative.rpartition("/")
+        parent = self._open_dir(parent_path, entry)
+        fd = self._open_child_dir(parent, name, relative, entry)
+        self._dirs[relative] = fd
+        return fd
+
+    def _trim_cache(self) -> None:
+        """Close the least recently used directory fds. Called between entries only, so no fd
+        an entry is using can be closed under it."""
+        while len(self._dirs) > self._CACHE_SIZE:
+            os.close(self._dirs.popitem(last=False)[1])
+
+    def _open_child_dir(self, parent: int, name: str, relative: str, entry: str) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            os.mkdir(name, 0o755, dir_fd=parent)
+            self.result.implied_dirs.add(relative)
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafeEntryError(
+                    f"entry {_entry(entry)} would be written through {_entry(relative)}, "
+                    "which is a symlink or not a directory"
+                ) from None
+            raise
+
+    def _make_dir(self, parent: int, name: str, relative: str, member: tarfile.TarInfo) -> None:
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            # Fine only if an earlier entry implied this directory (and it is one).
+            if relative not in self.result.implied_dirs:
+                raise UnsafeEntryError(
+                    f"entry {_entry(relative)} clashes with an earlier entry"
+                ) from None
+            self._open_dir(relative, relative)
+        self.result.implied_dirs.discard(relative)
+        self._remember_dir(relative, member)
+
+    def _remember_dir(self, relative: str, member: tarfile.TarInfo) -> None:
+        self._check_mode(relative, member)
+        self._dir_meta[relative] = _DirMeta(
+            stat.S_IMODE(member.mode), member.uid, member.gid, member.mtime, _xattrs(member)
+        )
+
+    def finish(self) -> ExtractResult:
+        """Apply directory modes, owners and times deepest first, after all their content."""
+        if "" not in self._dir_meta:
+            self.result.implied_dirs.add("")  # the archive had no explicit rootfs/ entry
+        for relative in sorted(
+            self._dir_meta, key=lambda p: p.count("/") + (p != ""), reverse=True
+        ):
+            meta = self._dir_meta[relative]
+            fd = self._root_fd if relative == "" else self._open_dir(relative, relative)
+            self._apply_xattrs(fd, relative, meta.xattrs)
+            if self._as_root:
+                os.fchown(fd, meta.uid, meta.gid)
+            os.fchmod(fd, meta.mode)
+            os.utime(fd, ns=(_ns(meta.mtime), _ns(meta.mtime)))
+        return self.result
+
+    # -- files, links, devices --------------------------------------------------------------
+
+    def _write_file(
+        self, parent: int, name: str, relative: str, member: tarfile.TarInfo, tar: tarfile.TarFile
+    ) -> None:
+        self._check_mode(relative, member)
+        try:
+            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent)
+        except FileExistsError:
+            raise UnsafeEntryError(
+                f"entry {_entry(relative)} clashes with an earlier entry"
+            ) from None
+        try:
+            source = tar.extractfile(member)
+            assert source is not None
+            _copy_to_fd(source, fd, member.size)
+            self.result.bytes_written += member.size
+            self._apply_xattrs(fd, relative, _xattrs(member))
+            if self._as_root:
+                os.fchown(fd, member.uid, member.gid)
+            os.fchmod(fd, stat.S_IMODE(member.mode))
+            os.utime(fd, ns=(_ns(member.mtime), _ns(member.mtime)))
+        finally:
+            os.close(fd)
+
+    def _make_hardlink(
+        self, parent_path: str, name: str, relative: str, member: tarfile.TarInfo
+    ) -> None:
+        target = _inside_rootfs(normalise_member_name(member.linkname))
+        if target == "":
+            raise UnsafeEntryError(f"hard link {_entry(relative)} points at the rootfs directory")
+        target_parent_path, _, target_name = target.rpartition("/")
+        target_parent = self._open_dir(target_parent_path, relative)
+        parent = self._open_dir(parent_path, relative)
+        target_stat = os.stat(target_name, dir_fd=target_parent, follow_symlinks=False)
+        if stat.S_ISDIR(target_stat.st_mode):
+            raise UnsafeEntryError(f"hard link {_entry(relative)} points at a directory")
+        os.link(
+            target_name, name, src_dir_fd=target_parent, dst_dir_fd=parent, follow_symlinks=False
+        )
+
+    def _make_device(self, parent: int, name: str, relative: str, member: tarfile.TarInfo) -> None:
+        if not self._policy.allow_devices:
+            raise UnsafeEntryError(
+                f"entry {_entry(relative)} is a device node; the store refuses them unless allowed"
+            )
+        kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+        device = os.makedev(member.devmajor, member.devminor)
+        os.mknod(name, kind | stat.S_IMODE(member.mode), device, dir_fd=parent)
+        self._set_owner_and_times(parent, name, member)
+
+    def _set_owner_and_times(self, parent: int, name: str, member: tarfile.TarInfo) -> None:
+        if self._as_root:
+            os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+        os.utime(
+            name, ns=(_ns(member.mtime), _ns(member.mtime)), dir_fd=parent, follow_symlinks=False
+        )
+
+    def _check_mode(self, relative: str, member: tarfile.TarInfo) -> None:
+        privileged = member.mode & (stat.S_ISUID | stat.S_ISGID)
+        if privileged and member.isreg() and not self._policy.allow_setuid:
+            raise UnsafeEntryError(
+                f"entry {_entry(relative)} is setuid or setgid; the store refuses that unless allowed"
+            )
+
+    def _apply_xattrs(self, fd: int, relative: str, xattrs: dict[str, bytes]) -> None:
+        for key, value in xattrs.items():
+            try:
+                os.setxattr(fd, key, value)
+            except OSError as err:
+                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                self.result.warnings.append(
+                    f"{ROOTFS}/{relative}: extended attribute {key} not kept ({err.strerror})"
+                )
+
+
+def _entry(relative: str) -> str:
+    """How an error names an entry: its path in the archive, quoted."""
+    return repr(f"{ROOTFS}/{relative}")
+
+
+def _inside_rootfs(path: str) -> str:
+    """``rootfs/a/b`` -> ``a/b``; ``rootfs`` -> ``""``. Paths were normalised by aci.scan."""
+    if path == ROOTFS:
+        return ""
+    if not path.startswith(ROOTFS + "/"):
+        raise UnsafeEntryError(f"entry {path!r} is not inside {ROOTFS}/")
+    return path[len(ROOTFS) + 1 :]
+
+
+def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
+    return {
+        key[len(_XATTR_PREFIX) :]: value.encode("utf-8", "surrogateescape")
+        for key, value in member.pax_headers.items()
+        if key.startswith(_XATTR_PREFIX)
+    }
+
+
+def _copy_to_fd(source: object, fd: int, size: int) -> None:
+    read = source.read  # type: ignore[attr-defined]
+    remaining = size
+    while remaining:
+        chunk = read(min(remaining, _COPY_CHUNK))
+        if not chunk:
+            raise AciError("the archive is truncated")
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+        remaining -= len(chunk)
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1_000_000_000)
+
+
+def _os_error(path: str, err: OSError) -> AciError:
+    if err.errno == errno.ENOSPC:
+        return AciError(f"no space left on device while writing {path!r}")
+    return AciError(f"cannot write {path!r}: {err.strerror}")

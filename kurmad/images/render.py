@@ -1,0 +1,419 @@
+"""Rendering an app's root filesystem (ace.md §Filesystem Setup).
+
+An image's dependencies are applied first, depth-first in listed order, then the image itself;
+a later layer overwrites what an earlier one put at the same path (a symlink is replaced, never
+followed), and every ``pathWhitelist`` on the way from the image down to a layer filters that
+layer's files. An image reached by two paths is applied twice, each time with that path's
+whitelists (A->[B,C], B->[D], C->[D] gives D, B, D, C, A).
+
+The result is computed as a plan (which layer provides each path) and materialised once per
+distinct stack as a tree of hard links into the store, cached under ``renders/``. Apps then get
+an overlayfs mount: that tree (or, for an image without dependencies or whitelist, its store
+rootfs directly) as the read-only lower layer and a fresh writable upper layer per app. Where
+overlayfs is unavailable the tree is copied instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import stat
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kurmad.appc import Dependency, ImageID
+from kurmad.linux import syscalls
+from kurmad.linux.files import fsync_dir, remove_tree, write_json_atomic
+
+from .store import RENDER_INFO, RENDERS, TMP, ImageNotFound, ImageRecord, ImageStore, StoreError
+
+# A DAG with shared dependencies is applied once per path; refuse stacks that explode.
+MAX_LAYERS = 256
+
+
+class RenderError(StoreError):
+    """An image cannot be rendered: a dependency is missing, mismatched or cyclic."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    image_id: ImageID | None
+    rootfs: Path
+    # Each non-empty pathWhitelist from this image up to the rendered one, as rootfs-relative
+    # paths. A path of this layer survives only if every one of them lists it.
+    whitelists: tuple[frozenset[str], ...] = ()
+    # Directories the archive did not contain (extraction made them as parents): they must
+    # not override a lower layer's real directory.
+    implied_dirs: frozenset[str] = frozenset()
+
+    def admits(self, path: str) -> bool:
+        return all(path in whitelist for whitelist in self.whitelists)
+
+
+# --- resolving dependencies -------------------------------------------------------------------
+
+
+def resolve_layers(store: ImageStore, top: ImageRecord) -> list[Layer]:
+    """The layers to apply, lowest first and ``top`` last."""
+    layers: list[Layer] = []
+    _visit(store, top, (), (top.id,), layers)
+    return layers
+
+
+def _visit(
+    store: ImageStore,
+    record: ImageRecord,
+    inherited: tuple[frozenset[str], ...],
+    chain: tuple[ImageID, ...],
+    layers: list[Layer],
+) -> None:
+    whitelists = inherited
+    own = _whitelist(record)
+    if own is not None:
+        whitelists = (own, *inherited)
+    for dependency in record.manifest.dependencies:
+        child = _resolve_dependency(store, record, dependency)
+        if child.id in chain:
+            names = [store.get(i).name for i in chain[chain.index(child.id) :]] + [child.name]
+            raise RenderError(f"dependency cycle: {' -> '.join(names)}")
+        _visit(store, child, whitelists, (*chain, child.id), layers)
+    if len(layers) >= MAX_LAYERS:
+        raise RenderError(f"{record.name}: more than {MAX_LAYERS} layers to apply")
+    layers.append(Layer(record.id, store.rootfs(record.id), whitelists, record.implied_dirs))
+
+
+def _resolve_dependency(store: ImageStore, parent: ImageRecord, dep: Dependency) -> ImageRecord:
+    wanted = ",".join([dep.image_name, *(f"{k}={v}" for k, v in dep.labels.items())])
+    try:
+        if dep.image_id is not None:
+            found = store.get(dep.image_id)
+            _check_identity(parent, dep, found)
+        else:
+            found = store.find(dep.image_name, dep.labels)
+    except ImageNotFound:
+        ident = f" ({dep.image_id})" if dep.image_id else ""
+        raise RenderError(
+            f"{parent.name} needs {wanted}{ident}, which is not in the store"
+        ) from None
+    if dep.size is not None and dep.size not in (found.source_size, found.tar_size):
+        raise RenderError(
+            f"{parent.name} needs {wanted} of {dep.size} bytes, but {found.id} has "
+            f"{found.source_size} ({found.tar_size} uncompressed)"
+        )
+    return found
+
+
+def _check_identity(parent: ImageRecord, dep: Dependency, found: ImageRecord) -> None:
+    if found.id != dep.image_id:
+        raise ImageNotFound(dep.image_id)  # a prefix matched: dependencies need the full ID
+    if found.name != dep.image_name:
+        raise RenderError(
+            f"{parent.name} needs {dep.image_name} as {dep.image_id}, but that image is {found.name}"
+        )
+    for key, value in dep.labels.items():
+        if found.labels.get(key) != value:
+            raise RenderError(
+                f"{parent.name} needs {dep.image_name} with {key}={value}; {found.id} has {key}={found.labels.get(key)}"
+            )
+
+
+def _whitelist(record: ImageRecord) -> frozenset[str] | None:
+    entries = record.manifest.path_whitelist
+    if not entries:
+        return None  # an empty list means no whitelist (aci.md)
+    return frozenset("/".join(p for p in entry.split("/") if p) for entry in entries)
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    layer: int  # index into the layer list
+    kind: int  # stat.S_IFMT of the entry
+
+
+@dataclass
+class RenderPlan:
+    layers: list[Layer]
+    entries: dict[str, Source] = field(default_factory=dict)
+    # Directories needed as parents that no layer provides: created with mode 0755.
+    implied: set[str] = field(default_factory=set)
+
+
+def _walk(root: Path) -> Iterator[tuple[str, int]]:
+    """Every path below ``root`` (relative, parents first) with its file type; never follows
+    symlinks."""
+    stack = [""]
+    while stack:
+        relative = stack.pop()
+        with os.scandir(root / relative if relative else root) as entries:
+            for entry in entries:
+                path = f"{relative}/{entry.name}" if relative else entry.name
+                kind = stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
+                yield path, kind
+                if kind == stat.S_IFDIR:
+                    stack.append(path)
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    while path:
+        path = path.rpartition("/")[0]
+        yield path
+
+
+def plan(layers: Sequence[Layer]) -> RenderPlan:
+    """Decide which layer provides each path, walking from the top layer down: the first
+    (uppermost) layer to provide a path wins, and nothing is taken from below a path an upper
+    layer made a non-directory."""
+    result = RenderPlan(list(layers))
+    required_dirs: set[str] = set()  # ancestors of chosen paths: must stay directories
+    candidate_dirs: dict[str, Source] = {}  # directories a whitelist left out, kept if needed
+    for index in reversed(range(len(layers))):
+        layer = layers[index]
+        implied = layer.implied_dirs
+        if "" not in implied and "" not in result.entries:
+            result.entries[""] = Source(index, stat.S_IFDIR)
+        for path, kind in _walk(layer.rootfs):
+            if path in result.entries or (kind == stat.S_IFDIR and path in implied):
+                continue
+            if _hidden_by_upper(path, kind, result.entries, required_dirs):
+                continue
+            if not layer.admits(path):
+                if kind == stat.S_IFDIR:
+                    candidate_dirs.setdefault(path, Source(index, kind))
+                continue
+            result.entries[path] = Source(index, kind)
+            required_dirs.update(_ancestors(path))
+    for directory in required_dirs:
+        if directory not in result.entries:
+            source = candidate_dirs.get(directory)
+            if source is not None:
+                result.entries[directory] = source
+            else:
+                result.implied.add(directory)
+    return result
+
+
+def _hidden_by_upper(
+    path: str, kind: int, chosen: dict[str, Source], required_dirs: set[str]
+) -> bool:
+    if kind != stat.S_IFDIR and path in required_dirs:
+        return True  # an upper layer has things below this path: it stays a directory
+    return any(
+        (source := chosen.get(parent)) is not None and source.kind != stat.S_IFDIR
+        for parent in _ancestors(path)
+        if parent
+    )
+
+
+# --- materialising ------------------------------------------------------------------------------
+
+
+def materialise(render_plan: RenderPlan, target: Path, *, copy: bool = False) -> None:
+    """Create the planned tree in the empty directory ``target``: hard links into the layers
+    (or copies with ``copy``), directories made with their source's metadata."""
+    directories: list[tuple[str, Path | None]] = []
+    linked: dict[tuple[int, int], Path] = {}  # (dev, ino) of a source -> its first copy
+    paths = sorted(set(render_plan.entries) | render_plan.implied, key=lambda p: (p.count("/"), p))
+    for path in paths:
+        destination = target / path if path else target
+        source = render_plan.entries.get(path)
+        if source is None:
+            destination.mkdir(mode=0o755, exist_ok=path == "")
+            directories.append((path, None))
+            continue
+        origin = (
+            render_plan.layers[source.layer].rootfs / path
+            if path
+            else render_plan.layers[source.layer].rootfs
+        )
+        if source.kind == stat.S_IFDIR:
+            if path:
+                destination.mkdir(mode=0o700)
+            directories.append((path, origin))
+        elif copy:
+            _copy_entry(origin, destination, linked)
+        else:
+            os.link(origin, destination, follow_symlinks=False)
+    for path, dir_origin in reversed(directories):
+        if dir_origin is not None:
+            _copy_metadata(dir_origin, target / path if path else target)
+
+
+def _copy_entry(origin: Path, destination: Path, linked: dict[tuple[int, int], Path]) -> None:
+    info = origin.lstat()
+    key = (info.st_dev, info.st_ino)
+    if info.st_nlink > 1 and key in linked:
+        os.link(linked[key], destination)
+        return
+    if stat.S_ISLNK(info.st_mode):
+        os.symlink(os.readlink(origin), destination)
+    elif stat.S_ISREG(info.st_mode):
+        shutil.copyfile(origin, destination, follow_symlinks=False)
+    elif stat.S_ISFIFO(info.st_mode):
+        os.mkfifo(destination)
+    else:
+        os.mknod(destination, info.st_mode, info.st_rdev)
+    _copy_metadata(origin, destination)
+    linked[key] = destination
+
+
+def _copy_metadata(origin: Path, destination: Path) -> None:
+    info = origin.lstat()
+    is_link = stat.S_ISLNK(info.st_mode)
+    for name in os.listxattr(origin, follow_symlinks=False):
+        try:
+            os.setxattr(
+                destination,
+                name,
+                os.getxattr(origin, name, follow_symlinks=False),
+                follow_symlinks=False,
+            )
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP):
+                raise
+    if os.geteuid() == 0:
+        os.chown(destination, info.st_uid, info.st_gid, follow_symlinks=False)
+    if not is_link:
+        os.chmod(destination, stat.S_IMODE(info.st_mode))
+    os.utime(destination, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+
+
+# --- the render cache -----------------------------------------------------------------------------
+
+_build_locks: dict[str, threading.Lock] = {}
+_build_locks_guard = threading.Lock()
+
+
+def _render_key(layers: Sequence[Layer]) -> str:
+    stack = [[layer.image_id, sorted(sorted(w) for w in layer.whitelists)] for layer in layers]
+    return hashlib.sha256(json.dumps(stack).encode()).hexdigest()[:32]
+
+
+def _needs_no_render(layers: Sequence[Layer]) -> bool:
+    return len(layers) == 1 and not layers[0].whitelists
+
+
+def render(store: ImageStore, record: ImageRecord) -> Path:
+    """The rendered root filesystem of ``record``, read-only and shared: the store's own
+    rootfs for a plain image, else a cached tree of hard links built on first use."""
+    layers = resolve_layers(store, record)
+    if _needs_no_render(layers):
+        return layers[0].rootfs
+    key = _render_key(layers)
+    done = store.root / RENDERS / key
+    holder = f"render {key} ({uuid.uuid4().hex[:8]})"
+    try:
+        # Held while building, so no layer can be deleted from under the build.
+        store.hold(holder, {layer.image_id for layer in layers if layer.image_id})
+        with _lock_for(key):
+            if not (done / RENDER_INFO).exists():
+                _build_render(store, layers, done)
+    except ImageNotFound as err:
+        raise RenderError(f"{record.name}: a layer was deleted while rendering ({err})") from None
+    finally:
+        store.release(holder)
+    return done / "rootfs"
+
+
+def layer_ids(store: ImageStore, record: ImageRecord) -> list[ImageID]:
+    """Every image a render of ``record`` reads: what a pod must hold while it runs."""
+    return list(
+        dict.fromkeys(layer.image_id for layer in resolve_layers(store, record) if layer.image_id)
+    )
+
+
+def _lock_for(key: str) -> threading.Lock:
+    with _build_locks_guard:
+        return _build_locks.setdefault(key, threading.Lock())
+
+
+def _build_render(store: ImageStore, layers: list[Layer], done: Path) -> None:
+    staging = store.root / TMP / f"render-{uuid.uuid4().hex}"
+    try:
+        (staging / "rootfs").mkdir(parents=True)
+        materialise(plan(layers), staging / "rootfs")
+        write_json_atomic(staging / RENDER_INFO, {"layers": [layer.image_id for layer in layers]})
+        if done.exists():  # an incomplete render from before a crash
+            remove_tree(done)
+        os.rename(staging, done)
+        fsync_dir(done.parent)
+    finally:
+        if staging.exists():
+            remove_tree(staging)
+
+
+# --- per-app root filesystems -------------------------------------------------------------------
+
+
+@dataclass
+class AppRootfs:
+    """A root filesystem for one run of an app, at ``path``; ``mounted`` when it is a mount
+    (overlayfs, or a read-only bind of a copy) that ``release`` must undo."""
+
+    path: Path
+    mounted: bool
+
+    def release(self) -> None:
+        if self.mounted:
+            try:
+                syscalls.umount(self.path, syscalls.MNT_DETACH)
+            except OSError as err:
+                if err.errno != errno.EINVAL:  # EINVAL: not mounted any more
+                    raise
+
+
+def overlay_available() -> bool:
+    return os.geteuid() == 0 and syscalls.filesystem_supported("overlay")
+
+
+def mount_app_rootfs(
+    lower: Path, scratch: Path, *, read_only: bool = False, prefer_overlay: bool = True
+) -> AppRootfs:
+    """Give an app a fresh root filesystem over ``lower`` in the empty directory ``scratch``:
+    overlayfs (``scratch/upper``, ``scratch/work``, mounted on ``scratch/rootfs``) when the
+    kernel has it, else a copy in ``scratch/rootfs``."""
+    target = scratch / "rootfs"
+    target.mkdir(parents=True)
+    if prefer_overlay and overlay_available():
+        try:
+            _mount_overlay(lower, scratch, target, read_only)
+            return AppRootfs(target, mounted=True)
+        except OSError as err:
+            if err.errno not in (errno.ENODEV, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    materialise(_copy_plan(lower), target, copy=True)
+    if read_only:
+        syscalls.mount(str(target), target, None, syscalls.MS_BIND)
+        syscalls.mount(
+            None, target, None, syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY
+        )
+        return AppRootfs(target, mounted=True)
+    return AppRootfs(target, mounted=False)
+
+
+def _mount_overlay(lower: Path, scratch: Path, target: Path, read_only: bool) -> None:
+    upper, work = scratch / "upper", scratch / "work"
+    upper.mkdir()
+    work.mkdir()
+    _copy_metadata(lower, upper)  # overlayfs shows the upper root's mode and owner
+    options = f"lowerdir={_escape(lower)},upperdir={_escape(upper)},workdir={_escape(work)}"
+    flags = syscalls.MS_RDONLY if read_only else 0
+    syscalls.mount("overlay", target, "overlay", flags, options)
+
+
+def _escape(path: Path) -> str:
+    # overlayfs splits its options on ',' and lowerdir lists on ':'; escape both.
+    return str(path).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def _copy_plan(lower: Path) -> RenderPlan:
+    """A plan that takes every path of ``lower`` as it is."""
+    return plan([Layer(None, lower)])

@@ -1,0 +1,460 @@
+"""The content-addressed image store.
+
+Layout under the store root::
+
+    store.lock              held (flock) by the one process using the store
+    images/<hex digest>/    one committed image: manifest, info.json, rootfs/
+    renders/<key>/          rendered root filesystems of images with dependencies (render.py)
+    tmp/                    imports in progress and deletions under way; swept at start-up
+
+An import extracts into ``tmp/`` while it hashes, and only a complete, synced image is renamed
+into ``images/``: an import that fails or is killed leaves nothing visible. A deletion renames
+the image out of ``images/`` first, so readers never see half an image.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from kurmad.appc import AppString, ImageID, ImageManifest, SemVer, ValidationError, host_os_arch
+from kurmad.linux.files import fsync_dir, read_json, remove_tree, write_atomic, write_json_atomic
+from kurmad.linux.syscalls import syncfs
+
+from .aci import AciError, scan
+from .extract import DEFAULT_POLICY, ExtractPolicy, SafeExtractor
+
+IMAGES = "images"
+RENDERS = "renders"
+RENDER_INFO = "render.json"
+TMP = "tmp"
+INFO = "info.json"
+MANIFEST = "manifest"
+ROOTFS = "rootfs"
+LATEST = "latest"
+# The shortest ID prefix accepted for a lookup, so a typo does not match by luck.
+MIN_PREFIX = 6
+
+
+class StoreError(Exception):
+    """An image store operation failed. ``str()`` is one line saying why."""
+
+
+class ImageNotFound(StoreError):
+    pass
+
+
+class AmbiguousImage(StoreError):
+    pass
+
+
+class ImageInUse(StoreError):
+    pass
+
+
+class QuotaExceeded(StoreError):
+    pass
+
+
+class ImportFailed(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: ImageID
+    manifest: ImageManifest
+    imported_at: float
+    size: int  # bytes charged against the quota: file data plus a per-entry overhead
+    tar_size: int
+    source_size: int  # bytes of the archive as given (compressed)
+    implied_dirs: frozenset[str] = frozenset()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.manifest.labels
+
+    @property
+    def version(self) -> str | None:
+        return self.manifest.labels.get("version")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "imported_at": self.imported_at,
+            "size": self.size,
+            "tar_size": self.tar_size,
+            "source_size": self.source_size,
+            "implied_dirs": sorted(self.implied_dirs),
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_json(cls, info: Mapping[str, Any], manifest: ImageManifest) -> ImageRecord:
+        return cls(
+            id=ImageID(info["id"]),
+            manifest=manifest,
+            imported_at=float(info["imported_at"]),
+            size=int(info["size"]),
+            tar_size=int(info["tar_size"]),
+            source_size=int(info["source_size"]),
+            implied_dirs=frozenset(info.get("implied_dirs", ())),
+            warnings=tuple(info.get("warnings", ())),
+        )
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    record: ImageRecord
+    created: bool  # False when the image was already in the store
+
+
+@dataclass
+class _Quota:
+    """Bytes committed plus bytes being written by imports in flight, against a limit."""
+
+    limit: int | None
+    used: int = 0
+    in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def charge(self, amount: int) -> None:
+        with self.lock:
+            if self.limit is not None and self.used + self.in_flight + amount > self.limit:
+                raise QuotaExceeded(
+                    f"the image store quota of {self.limit} bytes would be exceeded "
+                    f"({self.used} used, {self.in_flight} being imported)"
+                )
+            self.in_flight += amount
+
+    def settle(self, amount: int, committed: bool) -> None:
+        with self.lock:
+            self.in_flight -= amount
+            if committed:
+                self.used += amount
+
+
+class _Charge:
+    """Charges one import's bytes to the quota as they are written, and remembers the sum."""
+
+    def __init__(self, quota: _Quota) -> None:
+        self._quota = quota
+        self.total = 0
+
+    def __call__(self, amount: int) -> None:
+        self._quota.charge(amount)
+        self.total += amount
+
+
+class _CountingReader:
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self.size += len(data)
+        return data
+
+
+class ImageStore:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        quota_bytes: int | None = None,
+        policy: ExtractPolicy = DEFAULT_POLICY,
+        durable: bool = True,
+    ) -> None:
+        self.root = root
+        self.policy = policy
+        # durable: sync the filesystem before an image becomes visible, so a power cut never
+        # leaves a committed image with missing data. Only tests and benchmarks turn it off.
+        self.durable = durable
+        for sub in (IMAGES, RENDERS, TMP):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_store(root)
+        self._lock = threading.RLock()
+        self._holds: dict[str, set[ImageID]] = {}
+        self._sweep_tmp()
+        self._index = self._load_index()
+        self._quota = _Quota(quota_bytes, used=sum(r.size for r in self._index.values()))
+
+    def close(self) -> None:
+        self._lock_file.close()
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    def _sweep_tmp(self) -> None:
+        """Remove what imports and deletions interrupted by a crash left behind."""
+        for leftover in (self.root / TMP).iterdir():
+            remove_tree(leftover)
+
+    def _load_index(self) -> dict[ImageID, ImageRecord]:
+        index: dict[ImageID, ImageRecord] = {}
+        for entry in (self.root / IMAGES).iterdir():
+            record = self._read_record(entry)
+            if record is None or record.id.digest != entry.name:
+                remove_tree(entry)  # not a committed image: cannot happen with atomic renames
+                continue
+            index[record.id] = record
+        return index
+
+    @staticmethod
+    def _read_record(directory: Path) -> ImageRecord | None:
+        try:
+            manifest = ImageManifest.loads((directory / MANIFEST).read_bytes())
+            return ImageRecord.from_json(read_json(directory / INFO), manifest)
+        except (OSError, ValueError, KeyError, ValidationError):
+            return None
+
+    # -- import ---------------------------------------------------------------------------------
+
+    def import_file(self, path: Path) -> ImportResult:
+        try:
+            with open(path, "rb") as source:
+                return self.import_stream(source)
+        except OSError as err:
+            raise ImportFailed(f"{path}: {err.strerror}") from None
+
+    def import_stream(self, source: BinaryIO) -> ImportResult:
+        """Import an ACI: decompress, hash and extract in one pass, then commit atomically.
+        Importing an image already in the store changes nothing and returns the same ID."""
+        staging = self.root / TMP / f"import-{uuid.uuid4().hex}"
+        charge = _Charge(self._quota)
+        committed = False
+        try:
+            (staging / ROOTFS).mkdir(parents=True)
+            record = self._extract(source, staging, charge)
+            result = self._commit(staging, record)
+            committed = result.created
+            return result
+        except AciError as err:
+            raise ImportFailed(f"not imported: {err}") from None
+        except OSError as err:
+            raise ImportFailed(f"not imported: {err.strerror or err}") from None
+        finally:
+            self._quota.settle(charge.total, committed)
+            if staging.exists():
+                remove_tree(staging)
+
+    def _extract(self, source: BinaryIO, staging: Path, charge: _Charge) -> ImageRecord:
+        counting = _CountingReader(source)
+        with SafeExtractor(staging / ROOTFS, self.policy, charge) as extractor:
+            info = scan(counting, extractor)  # type: ignore[arg-type]
+            result = extractor.finish()
+        record = ImageRecord(
+            id=info.image_id,
+            manifest=info.manifest,
+            imported_at=time.time(),
+            size=charge.total,
+            tar_size=info.tar_size,
+            source_size=counting.size,
+            implied_dirs=frozenset(result.implied_dirs),
+            warnings=tuple(result.warnings),
+        )
+        write_atomic(staging / MANIFEST, info.manifest_bytes)
+        write_json_atomic(staging / INFO, record.to_json())
+        return record
+
+    def _commit(self, staging: Path, record: ImageRecord) -> ImportResult:
+        with self._lock:
+            existing = self._index.get(record.id)
+            if existing is not None:
+                return ImportResult(existing, created=False)
+            if self.durable:
+                syncfs(staging)
+            os.rename(staging, self._image_dir(record.id))
+            fsync_dir(self.root / IMAGES)
+            self._index[record.id] = record
+            return ImportResult(record, created=True)
+
+    # -- lookup -----------------------------------------------------------------------------
+
+    def _image_dir(self, image_id: ImageID) -> Path:
+        return self.root / IMAGES / image_id.digest
+
+    def rootfs(self, image_id: ImageID) -> Path:
+        return self._image_dir(self.get(image_id).id) / ROOTFS
+
+    def manifest_bytes(self, image_id: ImageID) -> bytes:
+        return (self._image_dir(self.get(image_id).id) / MANIFEST).read_bytes()
+
+    def images(self) -> list[ImageRecord]:
+        with self._lock:
+            return sorted(self._index.values(), key=lambda r: (r.name, r.imported_at))
+
+    def get(self, image_id: str) -> ImageRecord:
+        """The image of exactly this ID, or of a unique ID prefix (with or without sha512-)."""
+        digest = image_id.removeprefix(ImageID.ALGORITHM + "-").lower()
+        with self._lock:
+            exact = self._index.get(ImageID.from_digest(digest)) if digest else None
+            if exact is not None:
+                return exact
+            if len(digest) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in digest):
+                raise ImageNotFound(f"no image with ID {image_id}")
+            matches = [r for r in self._index.values() if r.id.digest.startswith(digest)]
+        if not matches:
+            raise ImageNotFound(f"no image with ID {image_id}")
+        if len(matches) > 1:
+            raise AmbiguousImage(
+                f"image ID prefix {image_id} matches {len(matches)} images; give more digits"
+            )
+        return matches[0]
+
+    def find(self, name: str, labels: Mapping[str, str] | None = None) -> ImageRecord:
+        """The image named ``name`` whose labels match. Without a version (or with version
+        ``latest``) the latest version wins: an image labelled ``latest``, then the highest
+        SemVer, then the most recent import. Without os/arch, images built for another
+        platform are left out."""
+        wanted = dict(labels or {})
+        candidates = [r for r in self.images() if r.name == name and _labels_match(r, wanted)]
+        if not candidates:
+            shown = ",".join([name, *(f"{k}={v}" for k, v in wanted.items())])
+            raise ImageNotFound(f"no image {shown} in the store")
+        return max(candidates, key=_latest_key)
+
+    def lookup(self, reference: str) -> ImageRecord:
+        """An image by ID, unique ID prefix, or app string (``name[:version][,label=value]``)."""
+        if reference.startswith(ImageID.ALGORITHM + "-"):
+            return self.get(reference)
+        try:
+            app = AppString.parse(reference)
+        except ValidationError:
+            return self.get(reference)
+        try:
+            return self.find(app.name, app.labels)
+        except ImageNotFound:
+            if "/" not in reference and ":" not in reference and "," not in reference:
+                try:
+                    return self.get(reference)
+                except ImageNotFound:
+                    pass
+            raise
+
+    # -- references from pods -------------------------------------------------------------
+
+    def hold(self, holder: str, image_ids: Iterable[ImageID]) -> None:
+        """Record that ``holder`` (a pod) uses these images: they cannot be deleted until it
+        lets go. Holds are in memory; the pod manager re-establishes them after a restart."""
+        ids = set(image_ids)
+        with self._lock:
+            for image_id in ids:
+                self.get(image_id)
+            self._holds.setdefault(holder, set()).update(ids)
+
+    def release(self, holder: str) -> None:
+        with self._lock:
+            self._holds.pop(holder, None)
+
+    def holders(self, image_id: ImageID) -> list[str]:
+        with self._lock:
+            return sorted(h for h, ids in self._holds.items() if image_id in ids)
+
+    # -- removal ------------------------------------------------------------------------------
+
+    def delete(self, image_id: str) -> ImageRecord:
+        with self._lock:
+            record = self.get(image_id)
+            users = self.holders(record.id)
+            if users:
+                raise ImageInUse(f"image {record.id} ({record.name}) is used by {', '.join(users)}")
+            self._unlink(record)
+        return record
+
+    def gc(self, grace_seconds: float = 0.0) -> list[ImageRecord]:
+        """Delete every image no pod holds that was imported more than ``grace_seconds`` ago."""
+        cutoff = time.time() - grace_seconds
+        removed = []
+        with self._lock:
+            for record in list(self._index.values()):
+                if record.imported_at <= cutoff and not self.holders(record.id):
+                    self._unlink(record)
+                    removed.append(record)
+            self._drop_renders(lambda layers: all(i in self._index for i in layers))
+        return removed
+
+    def _unlink(self, record: ImageRecord) -> None:
+        """Make the image disappear atomically, then free its space."""
+        doomed = self.root / TMP / f"delete-{record.id.digest[:16]}-{uuid.uuid4().hex[:8]}"
+        os.rename(self._image_dir(record.id), doomed)
+        del self._index[record.id]
+        self._quota.settle(-record.size, committed=True)
+        self._on_delete(record.id)
+        remove_tree(doomed)
+
+    def _on_delete(self, image_id: ImageID) -> None:
+        self._drop_renders(lambda layers: image_id not in layers)
+
+    def _drop_renders(self, keep: Callable[[list[str]], bool]) -> None:
+        """Remove the cached renders (render.py builds them under renders/, each with the list
+        of its layers) that ``keep`` rejects, and unreadable ones: they rebuild on demand."""
+        for entry in (self.root / RENDERS).iterdir():
+            try:
+                layers = read_json(entry / RENDER_INFO)["layers"]
+            except (OSError, ValueError, KeyError):
+                layers = None
+            if layers is None or not keep(layers):
+                remove_tree(entry)
+
+    @property
+    def used_bytes(self) -> int:
+        return self._quota.used
+
+
+def _labels_match(record: ImageRecord, wanted: Mapping[str, str]) -> bool:
+    for key, value in wanted.items():
+        if key == "version" and value == LATEST:
+            continue
+        if record.labels.get(key) != value:
+            return False
+    host_os, host_arch = host_os_arch()
+    for key, host_value in (("os", host_os), ("arch", host_arch)):
+        if key not in wanted and record.labels.get(key, host_value) != host_value:
+            return False
+    return True
+
+
+def _latest_key(record: ImageRecord) -> tuple[int, Any, float]:
+    version = record.version
+    if version == LATEST:
+        return (2, None, record.imported_at)
+    semver = SemVer.try_parse(version) if version else None
+    if semver is not None:
+        return (1, _SemVerKey(semver), record.imported_at)
+    return (0, None, record.imported_at)
+
+
+class _SemVerKey:
+    """Orders SemVers by precedence inside a tuple key (None-safe)."""
+
+    def __init__(self, version: SemVer) -> None:
+        self.version = version
+
+    def __lt__(self, other: _SemVerKey) -> bool:
+        return self.version < other.version
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SemVerKey) and self.version == other.version
+
+
+def _lock_store(root: Path) -> Any:
+    lock = open(root / "store.lock", "a+")  # noqa: SIM115 - held for the store's lifetime
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StoreError(f"the image store {root} is in use by another process") from None
+    return lock
