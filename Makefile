@@ -4,9 +4,9 @@ PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the build, the tests and the benchmarks need on a fresh Debian 12 machine.
-APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzip
+APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzip crun runc util-linux
 
-.PHONY: deps setup lint test clean bench bench-import
+.PHONY: deps setup lint test clean bench bench-import bench-executor
 
 deps:
 	apt-get update -q
@@ -32,7 +32,10 @@ clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache
 
 # Benchmarks against peers in the same run (medians and ratios); root gives them a tmpfs.
-bench: bench-import
+bench: bench-import bench-executor
 
 bench-import: setup
 	$(PY) -m bench.import_bench
+
+bench-executor: setup
+	$(PY) -m bench.executor_bench

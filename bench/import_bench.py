@@ -16,9 +16,10 @@ from pathlib import Path
 
 from kurmad.appc import ImageManifest
 from kurmad.images.aci import BuildOptions, build
-from kurmad.images.render import mount_app_rootfs, render
+from kurmad.images.render import render
 from kurmad.images.store import ImageStore
 from kurmad.images.streams import Compression
+from kurmad.runtime.rootfs import mount_app_rootfs
 
 from .common import alternate, fresh_dir, report, scratch, timed
 from .dataset import make_rootfs, write_image_dir

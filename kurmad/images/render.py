@@ -7,19 +7,16 @@ layer's files. An image reached by two paths is applied twice, each time with th
 whitelists (A->[B,C], B->[D], C->[D] gives D, B, D, C, A).
 
 The result is computed as a plan (which layer provides each path) and materialised once per
-distinct stack as a tree of hard links into the store, cached under ``renders/``. Apps then get
-an overlayfs mount: that tree (or, for an image without dependencies or whitelist, its store
-rootfs directly) as the read-only lower layer and a fresh writable upper layer per app. Where
-overlayfs is unavailable the tree is copied instead.
+distinct stack as a tree of hard links into the store, cached under ``renders/``. That tree (or,
+for an image without dependencies or whitelist, its store rootfs directly) is the read-only
+lower layer of each app's root filesystem (runtime/rootfs.py).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import shutil
 import stat
 import threading
 import uuid
@@ -28,8 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kurmad.appc import Dependency, ImageID
-from kurmad.linux import syscalls
-from kurmad.linux.files import fsync_dir, remove_tree, write_json_atomic
+from kurmad.linux.files import copy_metadata, fsync_dir, remove_tree, write_json_atomic
 
 from .store import RENDER_INFO, RENDERS, TMP, ImageNotFound, ImageRecord, ImageStore, StoreError
 
@@ -216,11 +212,10 @@ def _hidden_by_upper(
 # --- materialising ------------------------------------------------------------------------------
 
 
-def materialise(render_plan: RenderPlan, target: Path, *, copy: bool = False) -> None:
-    """Create the planned tree in the empty directory ``target``: hard links into the layers
-    (or copies with ``copy``), directories made with their source's metadata."""
+def materialise(render_plan: RenderPlan, target: Path) -> None:
+    """Create the planned tree in the empty directory ``target``: hard links into the layers,
+    directories made with their source's metadata."""
     directories: list[tuple[str, Path | None]] = []
-    linked: dict[tuple[int, int], Path] = {}  # (dev, ino) of a source -> its first copy
     paths = sorted(set(render_plan.entries) | render_plan.implied, key=lambda p: (p.count("/"), p))
     for path in paths:
         destination = target / path if path else target
@@ -238,52 +233,11 @@ def materialise(render_plan: RenderPlan, target: Path, *, copy: bool = False) ->
             if path:
                 destination.mkdir(mode=0o700)
             directories.append((path, origin))
-        elif copy:
-            _copy_entry(origin, destination, linked)
         else:
             os.link(origin, destination, follow_symlinks=False)
     for path, dir_origin in reversed(directories):
         if dir_origin is not None:
-            _copy_metadata(dir_origin, target / path if path else target)
-
-
-def _copy_entry(origin: Path, destination: Path, linked: dict[tuple[int, int], Path]) -> None:
-    info = origin.lstat()
-    key = (info.st_dev, info.st_ino)
-    if info.st_nlink > 1 and key in linked:
-        os.link(linked[key], destination)
-        return
-    if stat.S_ISLNK(info.st_mode):
-        os.symlink(os.readlink(origin), destination)
-    elif stat.S_ISREG(info.st_mode):
-        shutil.copyfile(origin, destination, follow_symlinks=False)
-    elif stat.S_ISFIFO(info.st_mode):
-        os.mkfifo(destination)
-    else:
-        os.mknod(destination, info.st_mode, info.st_rdev)
-    _copy_metadata(origin, destination)
-    linked[key] = destination
-
-
-def _copy_metadata(origin: Path, destination: Path) -> None:
-    info = origin.lstat()
-    is_link = stat.S_ISLNK(info.st_mode)
-    for name in os.listxattr(origin, follow_symlinks=False):
-        try:
-            os.setxattr(
-                destination,
-                name,
-                os.getxattr(origin, name, follow_symlinks=False),
-                follow_symlinks=False,
-            )
-        except OSError as err:
-            if err.errno not in (errno.EPERM, errno.ENOTSUP):
-                raise
-    if os.geteuid() == 0:
-        os.chown(destination, info.st_uid, info.st_gid, follow_symlinks=False)
-    if not is_link:
-        os.chmod(destination, stat.S_IMODE(info.st_mode))
-    os.utime(destination, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+            copy_metadata(dir_origin, target / path if path else target)
 
 
 # --- the render cache -----------------------------------------------------------------------------
@@ -348,72 +302,3 @@ def _build_render(store: ImageStore, layers: list[Layer], done: Path) -> None:
     finally:
         if staging.exists():
             remove_tree(staging)
-
-
-# --- per-app root filesystems -------------------------------------------------------------------
-
-
-@dataclass
-class AppRootfs:
-    """A root filesystem for one run of an app, at ``path``; ``mounted`` when it is a mount
-    (overlayfs, or a read-only bind of a copy) that ``release`` must undo."""
-
-    path: Path
-    mounted: bool
-
-    def release(self) -> None:
-        if self.mounted:
-            try:
-                syscalls.umount(self.path, syscalls.MNT_DETACH)
-            except OSError as err:
-                if err.errno != errno.EINVAL:  # EINVAL: not mounted any more
-                    raise
-
-
-def overlay_available() -> bool:
-    return os.geteuid() == 0 and syscalls.filesystem_supported("overlay")
-
-
-def mount_app_rootfs(
-    lower: Path, scratch: Path, *, read_only: bool = False, prefer_overlay: bool = True
-) -> AppRootfs:
-    """Give an app a fresh root filesystem over ``lower`` in the empty directory ``scratch``:
-    overlayfs (``scratch/upper``, ``scratch/work``, mounted on ``scratch/rootfs``) when the
-    kernel has it, else a copy in ``scratch/rootfs``."""
-    target = scratch / "rootfs"
-    target.mkdir(parents=True)
-    if prefer_overlay and overlay_available():
-        try:
-            _mount_overlay(lower, scratch, target, read_only)
-            return AppRootfs(target, mounted=True)
-        except OSError as err:
-            if err.errno not in (errno.ENODEV, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-    materialise(_copy_plan(lower), target, copy=True)
-    if read_only:
-        syscalls.mount(str(target), target, None, syscalls.MS_BIND)
-        syscalls.mount(
-            None, target, None, syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY
-        )
-        return AppRootfs(target, mounted=True)
-    return AppRootfs(target, mounted=False)
-
-
-def _mount_overlay(lower: Path, scratch: Path, target: Path, read_only: bool) -> None:
-    upper, work = scratch / "upper", scratch / "work"
-    upper.mkdir()
-    work.mkdir()
-    _copy_metadata(lower, upper)  # overlayfs shows the upper root's mode and owner
-    options = f"lowerdir={_escape(lower)},upperdir={_escape(upper)},workdir={_escape(work)}"
-    flags = syscalls.MS_RDONLY if read_only else 0
-    syscalls.mount("overlay", target, "overlay", flags, options)
-
-
-def _escape(path: Path) -> str:
-    # overlayfs splits its options on ',' and lowerdir lists on ':'; escape both.
-    return str(path).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
-
-
-def _copy_plan(lower: Path) -> RenderPlan:
-    """A plan that takes every path of ``lower`` as it is."""
-    return plan([Layer(None, lower)])

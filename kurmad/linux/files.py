@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,3 +66,59 @@ def remove_tree(path: Path) -> None:
         func(failed)
 
     shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+def copy_metadata(origin: Path, destination: Path) -> None:
+    """Give ``destination`` the mode, owner (as root), times and xattrs of ``origin``."""
+    info = origin.lstat()
+    for name in os.listxattr(origin, follow_symlinks=False):
+        try:
+            value = os.getxattr(origin, name, follow_symlinks=False)
+            os.setxattr(destination, name, value, follow_symlinks=False)
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP):
+                raise
+    if os.geteuid() == 0:
+        os.chown(destination, info.st_uid, info.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(info.st_mode):
+        os.chmod(destination, stat.S_IMODE(info.st_mode))
+    os.utime(destination, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """Copy the tree ``source`` into the existing empty directory ``target`` keeping file
+    types, hard links between its files, modes, owners, times and xattrs."""
+    linked: dict[tuple[int, int], Path] = {}  # (dev, ino) of a source -> its first copy
+    directories = [(source, target)]
+    for current, dirs, files in os.walk(source):
+        here = Path(current)
+        there = target / here.relative_to(source)
+        for name in dirs:
+            if (here / name).is_symlink():
+                files.append(name)  # os.walk lists a symlink to a directory among the dirs
+                continue
+            (there / name).mkdir()
+            directories.append((here / name, there / name))
+        dirs[:] = [d for d in dirs if not (here / d).is_symlink()]
+        for name in files:
+            _copy_entry(here / name, there / name, linked)
+    for origin, destination in reversed(directories):
+        copy_metadata(origin, destination)
+
+
+def _copy_entry(origin: Path, destination: Path, linked: dict[tuple[int, int], Path]) -> None:
+    info = origin.lstat()
+    key = (info.st_dev, info.st_ino)
+    if info.st_nlink > 1 and key in linked:
+        os.link(linked[key], destination)
+        return
+    if stat.S_ISLNK(info.st_mode):
+        os.symlink(os.readlink(origin), destination)
+    elif stat.S_ISREG(info.st_mode):
+        shutil.copyfile(origin, destination, follow_symlinks=False)
+    elif stat.S_ISFIFO(info.st_mode):
+        os.mkfifo(destination)
+    else:
+        os.mknod(destination, info.st_mode, info.st_rdev)
+    copy_metadata(origin, destination)
+    linked[key] = destination

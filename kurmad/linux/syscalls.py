@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import os
+import signal
+import socket
+import struct
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_pythonapi = ctypes.pythonapi
 
 _libc.mount.argtypes = [
     ctypes.c_char_p,
@@ -17,6 +22,36 @@ _libc.mount.argtypes = [
 ]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.syncfs.argtypes = [ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.prctl.argtypes = [
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
+_libc.syscall.restype = ctypes.c_long
+# The same libc through PyDLL, which keeps the GIL held across the call: for clone(2), which
+# must run between PyOS_BeforeFork and PyOS_AfterFork_* exactly as os.fork() does.
+_libc_gil = ctypes.PyDLL(_libc._name, use_errno=True)
+_libc_gil.syscall.restype = ctypes.c_long
+
+# x86_64 system call numbers used directly
+_SYS_CLONE = 56
+_SYS_PIVOT_ROOT = 155
+_SYS_CAPGET = 125
+_SYS_CAPSET = 126
+_SYS_SECCOMP = 317
+
+# <sched.h> namespace flags
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
 
 # <sys/mount.h>
 MS_RDONLY = 0x1
@@ -31,6 +66,17 @@ MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
+MS_NOATIME = 0x400
+MS_STRICTATIME = 1 << 24
+
+# <sys/prctl.h>
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 
 def _check(result: int, what: str) -> None:
@@ -65,6 +111,114 @@ def syncfs(path: str | os.PathLike[str]) -> None:
         _check(_libc.syncfs(fd), f"syncfs {os.fspath(path)}")
     finally:
         os.close(fd)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    result = _libc.syscall(_SYS_PIVOT_ROOT, os.fsencode(new_root), os.fsencode(put_old))
+    _check(int(result), f"pivot_root {new_root}")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    result = _libc.prctl(option, arg2, arg3, arg4, arg5)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+    return int(result)
+
+
+def fork_into_namespaces(flags: int) -> int:
+    """fork() whose child starts in new namespaces (CLONE_NEWPID makes it PID 1 of its own).
+    Returns 0 in the child and the child's PID in the parent, like os.fork(), and keeps the
+    interpreter consistent the same way. Only for single-threaded processes, as fork is."""
+    _pythonapi.PyOS_BeforeFork()
+    pid = _libc_gil.syscall(_SYS_CLONE, flags | signal.SIGCHLD, 0, 0, 0, 0)
+    err = ctypes.get_errno()
+    if pid == 0:
+        _pythonapi.PyOS_AfterFork_Child()
+    else:
+        _pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return int(pid)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+_CAP_V3 = 0x20080522
+
+
+def capget() -> tuple[int, int, int]:
+    """This process's (effective, permitted, inheritable) capability sets as bit masks."""
+    header = _CapHeader(_CAP_V3, 0)
+    data = (_CapData * 2)()
+    _check(int(_libc.syscall(_SYS_CAPGET, ctypes.byref(header), data)), "capget")
+    low, high = data[0], data[1]
+    return (
+        low.effective | high.effective << 32,
+        low.permitted | high.permitted << 32,
+        low.inheritable | high.inheritable << 32,
+    )
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    header = _CapHeader(_CAP_V3, 0)
+    data = (_CapData * 2)()
+    for index in (0, 1):
+        shift = 32 * index
+        data[index].effective = (effective >> shift) & 0xFFFFFFFF
+        data[index].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[index].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(int(_libc.syscall(_SYS_CAPSET, ctypes.byref(header), data)), "capset")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_SECCOMP_SET_MODE_FILTER = 1
+
+
+def seccomp_filter(program: bytes) -> None:
+    """Install a classic-BPF seccomp program (a sequence of 8-byte sock_filter records)."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _check(
+        int(_libc.syscall(_SYS_SECCOMP, _SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(fprog))),
+        "seccomp",
+    )
+
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def set_link_up(name: str) -> None:
+    """Bring up interface ``name`` of this network namespace. The pod init only ever needs this
+    for its loopback, and one ioctl does it without loading a netlink library into every pod;
+    all other link configuration goes through pyroute2 (kurmad/net)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH", name.encode(), 0)
+        flags = struct.unpack("16sH", fcntl.ioctl(sock, _SIOCGIFFLAGS, request)[:18])[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH", name.encode(), flags | _IFF_UP))
 
 
 def filesystem_supported(name: str) -> bool:

@@ -1,0 +1,1 @@
+"""The pod manager: the lifecycle of pods, their persistence, logs and events."""

@@ -1,0 +1,262 @@
+"""From a pod manifest to what the executor runs: images resolved against the store (a
+template is reified), every mount point backed by a volume, isolators translated, the
+environment merged. Everything a person could get wrong is caught here, before anything runs."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from kurmad.appc import App, ImageID, MountPoint, PodManifest, RuntimeApp, Volume
+from kurmad.appc.volumes import KIND_HOST
+from kurmad.images.render import RenderError, layer_ids, render
+from kurmad.images.store import ImageNotFound, ImageRecord, ImageStore, StoreError
+from kurmad.runtime.isolators import (
+    AppPolicy,
+    IsolatorError,
+    Report,
+    app_policy,
+    limits_of,
+    sysctls_of,
+)
+from kurmad.runtime.spec import AppSpec, Limits, MountSpec, SocketSpec
+
+from .model import InvalidPod
+
+# ace.md §Execution Environment
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+EXECUTOR_NAME = "kurmad"
+
+
+@dataclass(frozen=True)
+class AppMount:
+    path: str
+    volume: Volume
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class ResolvedApp:
+    runtime: RuntimeApp  # as in the reified manifest
+    image: ImageRecord
+    app: App  # the effective app: the pod's override or the image's
+    policy: AppPolicy
+    mounts: list[AppMount]
+
+
+@dataclass(frozen=True)
+class ResolvedPod:
+    manifest: PodManifest  # reified: every image by ID
+    apps: list[ResolvedApp]
+    limits: Limits
+    sysctls: dict[str, str]
+    report: Report
+
+    @property
+    def image_ids(self) -> set[ImageID]:
+        return {a.image.id for a in self.apps}
+
+
+def resolve_pod(manifest: PodManifest, store: ImageStore) -> ResolvedPod:
+    """Check ``manifest`` against the store and the spec's rules; raise InvalidPod naming the
+    app and field at fault."""
+    if not manifest.apps:
+        raise InvalidPod("the pod has no apps")
+    report = Report()
+    try:
+        limits = limits_of(manifest.isolators, report)
+        sysctls = sysctls_of(manifest.isolators, report)
+    except IsolatorError as err:
+        raise InvalidPod(f"isolators: {err}") from None
+    apps = [_resolve_app(manifest, runtime, store) for runtime in manifest.apps]
+    for app in apps:
+        sysctls.update(app.policy.sysctls)
+    reified = replace(manifest, apps=tuple(a.runtime for a in apps))
+    return ResolvedPod(reified, apps, limits, sysctls, report)
+
+
+def _resolve_app(manifest: PodManifest, runtime: RuntimeApp, store: ImageStore) -> ResolvedApp:
+    where = f"app {runtime.name}"
+    image = _find_image(runtime, store, where)
+    app = runtime.app or image.manifest.app
+    if app is None:
+        raise InvalidPod(
+            f"{where}: the image {image.name} has no app section and the pod gives none"
+        )
+    if not app.exec:
+        raise InvalidPod(
+            f"{where}: nothing to run (no exec in the image {image.name} or in the pod)"
+        )
+    try:
+        policy = app_policy(app.isolators, manifest.isolators)
+    except IsolatorError as err:
+        raise InvalidPod(f"{where}: {err}") from None
+    mounts = _mounts(manifest, runtime, app, where)
+    reified = replace(
+        runtime,
+        image=replace(runtime.image, id=image.id, name=runtime.image.name or image.manifest.name),
+    )
+    return ResolvedApp(reified, image, app, policy, mounts)
+
+
+def _find_image(runtime: RuntimeApp, store: ImageStore, where: str) -> ImageRecord:
+    wanted = runtime.image
+    try:
+        image = (
+            store.get(wanted.id)
+            if wanted.id is not None
+            else store.find(wanted.name or "", wanted.labels)
+        )
+    except ImageNotFound:
+        what = wanted.id or ",".join(
+            [wanted.name or "?", *(f"{k}={v}" for k, v in wanted.labels.items())]
+        )
+        raise InvalidPod(f"{where}: image {what} is not in the store (import it first)") from None
+    except StoreError as err:
+        raise InvalidPod(f"{where}: {err}") from None
+    if wanted.name is not None and wanted.name != image.name:
+        raise InvalidPod(f"{where}: image {image.id} is {image.name}, not {wanted.name}")
+    return image
+
+
+def _mounts(manifest: PodManifest, runtime: RuntimeApp, app: App, where: str) -> list[AppMount]:
+    mounts: list[AppMount] = []
+    covered: set[str] = set()
+    for mount in runtime.mounts:
+        volume = mount.app_volume or (manifest.volume(mount.volume) if mount.volume else None)
+        if volume is None:
+            name = mount.volume or "(none)"
+            raise InvalidPod(
+                f"{where}: the mount on {mount.path} names volume {name}, which the pod does not declare"
+            )
+        point = _mount_point_at(app, mount.path)
+        mounts.append(
+            AppMount(
+                mount.path, volume, volume.read_only is True or bool(point and point.read_only)
+            )
+        )
+        covered.add(mount.path)
+    for point in app.mount_points:
+        if point.path in covered:
+            continue
+        volume = manifest.volume(point.name)
+        if volume is None:
+            raise InvalidPod(
+                f"{where}: mount point {point.name} ({point.path}) has no volume; "
+                f"declare a volume named {point.name} or a mount on {point.path}"
+            )
+        mounts.append(AppMount(point.path, volume, volume.read_only is True or point.read_only))
+    _check_targets(mounts, where)
+    for planned in mounts:
+        if planned.volume.kind == KIND_HOST:
+            _check_host_source(planned.volume, where)
+    return mounts
+
+
+def _mount_point_at(app: App, path: str) -> MountPoint | None:
+    return next((p for p in app.mount_points if p.path == path), None)
+
+
+def _check_targets(mounts: list[AppMount], where: str) -> None:
+    """ace.md: overlapping or nested mount targets are an error."""
+    paths = sorted(os.path.normpath("/" + m.path) for m in mounts)
+    for path in paths:
+        if not path.startswith("/") or path == "/":
+            raise InvalidPod(f"{where}: cannot mount a volume on {path}")
+    for first, second in itertools.pairwise(paths):
+        if second == first or second.startswith(first.rstrip("/") + "/"):
+            raise InvalidPod(f"{where}: mount paths {first} and {second} overlap")
+
+
+def _check_host_source(volume: Volume, where: str) -> None:
+    """ace.md: a missing source is an error, and so is a symlink on the way to it."""
+    assert volume.source is not None
+    current = "/"
+    for part in [p for p in volume.source.split("/") if p]:
+        current = os.path.join(current, part)
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            raise InvalidPod(
+                f"{where}: volume {volume.name}: host path {volume.source} does not exist"
+            ) from None
+        if stat.S_ISLNK(info.st_mode):
+            raise InvalidPod(
+                f"{where}: volume {volume.name}: {current} is a symlink; give the real path"
+            )
+
+
+# --- at start: the runtime spec ---------------------------------------------------------------------
+
+
+def app_spec(resolved: ResolvedApp, store: ImageStore, pod_dir: Path) -> AppSpec:
+    """What the executor needs to run one app (renders its image now)."""
+    app = resolved.app
+    try:
+        lower = render(store, resolved.image)
+    except RenderError as err:
+        raise InvalidPod(f"app {resolved.runtime.name}: {err}") from None
+    handler = {h.name: list(h.exec) for h in app.event_handlers}
+    policy = resolved.policy
+    return AppSpec(
+        name=resolved.runtime.name,
+        image_id=resolved.image.id,
+        lower=str(lower),
+        exec=list(app.exec),
+        env=environment(resolved.runtime.name, app),
+        user=app.user,
+        group=app.group,
+        supplementary_gids=list(app.supplementary_gids),
+        working_directory=app.working_directory or "/",
+        pre_start=handler.get("pre-start") or None,
+        post_stop=handler.get("post-stop") or None,
+        mounts=[_mount_spec(m, pod_dir) for m in resolved.mounts],
+        read_only_rootfs=resolved.runtime.read_only_root_fs,
+        capabilities=policy.capabilities,
+        no_new_privileges=policy.no_new_privileges,
+        seccomp=policy.seccomp,
+        oom_score_adj=policy.oom_score_adj,
+        apparmor_profile=policy.apparmor_profile,
+        selinux_context=policy.selinux_context,
+        sockets=[
+            SocketSpec(p.name, p.protocol, p.port, p.count) for p in app.ports if p.socket_activated
+        ],
+        limits=policy.limits,
+    )
+
+
+def environment(app_name: str, app: App) -> dict[str, str]:
+    """ace.md: PATH (the app may set its own), the app's environment, then the variables the
+    executor must set, which the app cannot override."""
+    env = {"PATH": DEFAULT_PATH}
+    env.update(app.environment)
+    env["AC_APP_NAME"] = app_name
+    env["container"] = EXECUTOR_NAME
+    return env
+
+
+def _mount_spec(mount: AppMount, pod_dir: Path) -> MountSpec:
+    volume = mount.volume
+    source = (
+        volume.source if volume.kind == KIND_HOST else str(empty_volume_dir(pod_dir, volume.name))
+    )
+    assert source is not None
+    return MountSpec(source, mount.path, mount.read_only, volume.effective_recursive)
+
+
+def empty_volume_dir(pod_dir: Path, name: str) -> Path:
+    return pod_dir / "volumes" / name
+
+
+def held_images(resolved: ResolvedPod, store: ImageStore) -> set[ImageID]:
+    """Every image the pod reads, dependencies included: held while the pod exists."""
+    held: set[ImageID] = set()
+    for app in resolved.apps:
+        try:
+            held.update(layer_ids(store, app.image))
+        except RenderError as err:
+            raise InvalidPod(f"app {app.runtime.name}: {err}") from None
+    return held

@@ -1,0 +1,498 @@
+"""The pod manager: create, start, stop, remove, wait, logs and enter; every state change
+written to disk atomically (``pods/<uuid>/pod.json``) and recovered after a restart.
+
+Lifecycle: NEW -create-> STARTING -start-> RUNNING -> EXITED (the apps ended by themselves),
+STOPPED (stopped on request) or FAILED (an app could not start, or setup failed). The pod init
+(runtime/podinit.py) reports the apps' states in ``status.json``; the manager watches the pod
+init with a pidfd and settles the pod's final state when it ends."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+import uuid as uuid_module
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kurmad.appc import ACName, PodManifest, ValidationError
+from kurmad.appc.volumes import KIND_EMPTY
+from kurmad.images.store import ImageNotFound, ImageStore
+from kurmad.linux.cgroups import Cgroup, CgroupDriver, CgroupError
+from kurmad.linux.files import read_json, remove_tree, write_json_atomic
+from kurmad.linux.proc import child_with_namespace_pid, start_time
+from kurmad.runtime.launcher import Entered, Launcher, LauncherError
+from kurmad.runtime.logs import LogRecord, read_logs
+from kurmad.runtime.spec import SPEC_FILE, STATUS_FILE, STOP_FILE, AppSpec, Limits, PodSpec
+
+from .builder import ResolvedPod, app_spec, empty_volume_dir, held_images, resolve_pod
+from .model import AppStatus, InvalidPod, Pod, PodConflict, PodError, PodNotFound, PodState
+from .watcher import PidWatcher
+
+POD_FILE = "pod.json"
+DEFAULT_GRACE = 10.0
+# how long start() waits for the apps to be running (pre-start handlers can take a while)
+START_TIMEOUT = 30.0
+_HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+
+
+@dataclass
+class _Record:
+    """A pod as kept on disk (pod.json)."""
+
+    uuid: str
+    name: str
+    created_at: float
+    manifest: dict[str, Any]
+    state: PodState = PodState.NEW
+    reason: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    pid: int | None = None  # the pod init, in the host's PID namespace
+    pid_start: int | None = None  # its start time, to tell it from a reused PID
+    stop_requested: bool = False
+    apps: list[dict[str, Any]] = field(default_factory=list)
+    isolators: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "state": self.state.value}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Record:
+        return cls(**{**data, "state": PodState(data["state"])})
+
+
+class PodManager:
+    def __init__(
+        self,
+        state_dir: Path,
+        store: ImageStore,
+        *,
+        cgroup_parent: str = "kurmad",
+        resolv_conf: Path = Path("/etc/resolv.conf"),
+        launcher: Launcher | None = None,
+    ) -> None:
+        self.root = state_dir / "pods"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = store
+        self._cgroups = CgroupDriver(cgroup_parent)
+        self._cgroup_parent = cgroup_parent
+        self._resolv_conf = resolv_conf
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._records: dict[str, _Record] = {}
+        self._resolved: dict[str, ResolvedPod] = {}  # from create, so start need not resolve again
+        self._launcher = launcher or Launcher()
+        self._watcher = PidWatcher(self._on_pod_init_exit)
+        self._recover()
+
+    def close(self) -> None:
+        """Let go of the pods (they keep running) and of the launcher."""
+        self._watcher.close()
+        self._launcher.close()
+
+    # -- lookup ---------------------------------------------------------------------------------
+
+    def _dir(self, pod_uuid: str) -> Path:
+        return self.root / pod_uuid
+
+    def _find(self, ref: str) -> _Record:
+        with self._lock:
+            if ref in self._records:
+                return self._records[ref]
+            by_name = [r for r in self._records.values() if r.name == ref]
+            if by_name:
+                return by_name[0]
+            by_prefix = [
+                r for r in self._records.values() if ref and r.uuid.startswith(ref.lower())
+            ]
+        if len(by_prefix) == 1:
+            return by_prefix[0]
+        if len(by_prefix) > 1:
+            raise PodNotFound(f"{ref!r} matches {len(by_prefix)} pods; give more of the UUID")
+        raise PodNotFound(f"no pod {ref!r}")
+
+    def get(self, ref: str) -> Pod:
+        return self._view(self._find(ref))
+
+    def pods(self) -> list[Pod]:
+        with self._lock:
+            records = sorted(self._records.values(), key=lambda r: r.created_at)
+        return [self._view(r) for r in records]
+
+    def _refresh(self, record: _Record) -> dict[str, Any]:
+        """Take in what the pod init reports of a running pod: STARTING becomes RUNNING once
+        every app has exec'd."""
+        if not record.state.active:
+            return {}
+        live = self._read_status(record.uuid)
+        with self._lock:
+            if record.state == PodState.STARTING and live.get("state") in ("RUNNING", "STOPPING"):
+                record.state = PodState.RUNNING
+        return live
+
+    def _view(self, record: _Record) -> Pod:
+        apps = [AppStatus(**a) for a in record.apps]
+        live = self._refresh(record)
+        if live:
+            for app in apps:
+                app.__dict__.update(
+                    {
+                        k: v
+                        for k, v in live.get("apps", {}).get(app.name, {}).items()
+                        if k in app.__dict__
+                    }
+                )
+        return Pod(
+            uuid=record.uuid, name=record.name, state=record.state,
+            manifest=PodManifest.from_json(record.manifest), created_at=record.created_at, apps=apps,
+            reason=record.reason, started_at=record.started_at, finished_at=record.finished_at,
+            stopping=record.stop_requested and record.state.active,
+        )  # fmt: skip
+
+    def _read_status(self, pod_uuid: str) -> dict[str, Any]:
+        try:
+            return json.loads((self._dir(pod_uuid) / STATUS_FILE).read_bytes())
+        except (OSError, ValueError):
+            return {}
+
+    # -- create ---------------------------------------------------------------------------------
+
+    def create(self, manifest: PodManifest, name: str | None = None) -> Pod:
+        """Validate ``manifest`` against the store (a template is reified) and record a NEW pod.
+        Its images are held until the pod is removed."""
+        resolved = resolve_pod(manifest, self.store)
+        pod_uuid = str(uuid_module.uuid4())
+        name = self._check_name(name or f"{resolved.apps[0].runtime.name}-{pod_uuid[:8]}")
+        held = held_images(resolved, self.store)
+        record = _Record(
+            uuid=pod_uuid, name=name, created_at=time.time(), manifest=resolved.manifest.to_json(),
+            apps=[AppStatus(a.runtime.name, a.image.id, isolators=a.policy.report.to_json()).to_json() for a in resolved.apps],
+            isolators=resolved.report.to_json(),
+        )  # fmt: skip
+        with self._lock:
+            if any(r.name == name for r in self._records.values()):
+                raise PodConflict(f"a pod named {name} exists already")
+            try:
+                self.store.hold(self._holder(record), held)
+            except ImageNotFound as err:
+                raise InvalidPod(f"an image was deleted while the pod was created: {err}") from None
+            self._dir(pod_uuid).mkdir()
+            self._records[pod_uuid] = record
+            self._resolved[pod_uuid] = resolved
+            self._persist(record)
+        return self._view(record)
+
+    def _check_name(self, name: str) -> str:
+        try:
+            ACName(name)
+        except ValidationError as err:
+            raise InvalidPod(f"pod name: {err.rule}") from None
+        if len(name) > 63:
+            raise InvalidPod(f"pod name {name!r} is longer than 63 characters (it is the hostname)")
+        return name
+
+    @staticmethod
+    def _holder(record: _Record) -> str:
+        return f"pod {record.name} ({record.uuid[:8]})"
+
+    def _persist(self, record: _Record) -> None:
+        write_json_atomic(self._dir(record.uuid) / POD_FILE, record.to_json())
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def start(self, ref: str) -> Pod:
+        record = self._find(ref)
+        with self._lock:
+            if record.state != PodState.NEW:
+                raise PodConflict(
+                    f"pod {record.name} is {record.state.value}; only a NEW pod can start"
+                )
+            record.state = PodState.STARTING
+            record.started_at = time.time()
+        try:
+            spec = self._prepare(record)
+            pid = self._live_launcher().start_pod(self._dir(record.uuid))
+        except (PodError, LauncherError, CgroupError, OSError) as err:
+            self._settle(record, PodState.FAILED, f"{err}")
+            raise InvalidPod(f"pod {record.name} failed to start: {err}") from None
+        with self._lock:
+            record.pid, record.pid_start = pid, start_time(pid)
+            self._persist(record)
+        if not self._watcher.watch(pid, record.uuid):
+            self._on_pod_init_exit(record.uuid)
+        del spec
+        self._await_started(record, timeout=START_TIMEOUT)
+        return self._view(record)
+
+    def _live_launcher(self) -> Launcher:
+        """The launcher, started again if it died (its pods live on regardless)."""
+        with self._lock:
+            if not self._launcher.alive:
+                self._launcher.close()
+                self._launcher = Launcher()
+            return self._launcher
+
+    def _await_started(self, record: _Record, timeout: float) -> None:
+        """Wait until the pod init says every app runs, or the pod has ended."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while record.state == PodState.STARTING and time.monotonic() < deadline:
+                self._changed.wait(0.002)  # the pod init reports through a file; poll it briefly
+                self._refresh(record)
+
+    def _prepare(self, record: _Record) -> PodSpec:
+        """Everything the pod init needs, on disk: runtime.json, cgroups, volumes, resolv.conf."""
+        pod_dir = self._dir(record.uuid)
+        resolved = self._resolved.pop(record.uuid, None) or resolve_pod(
+            PodManifest.from_json(record.manifest), self.store
+        )
+        apps = [app_spec(app, self.store, pod_dir) for app in resolved.apps]
+        self._make_empty_volumes(resolved, pod_dir)
+        (pod_dir / "resolv.conf").write_bytes(_read_or_empty(self._resolv_conf))
+        spec = PodSpec(
+            uuid=record.uuid, name=record.name, hostname=record.name, apps=apps,
+            hosts=_HOSTS.format(hostname=record.name), resolv_conf="", sysctls=resolved.sysctls,
+            limits=resolved.limits, cgroup_procs=self._make_cgroups(record.uuid, resolved.limits, apps),
+        )  # fmt: skip
+        write_json_atomic(pod_dir / SPEC_FILE, spec.to_json())
+        return spec
+
+    def _make_cgroups(
+        self, pod_uuid: str, limits: Limits, apps: list[AppSpec]
+    ) -> dict[str, list[str]]:
+        pod = self._cgroups.create(pod_uuid)
+        _apply_limits(pod, limits)
+        procs = {"init": self._leaf(pod, "init", Limits())}
+        for app in apps:
+            procs[app.name] = self._leaf(pod, app.name, app.limits)
+        return procs
+
+    def _leaf(self, pod: Cgroup, name: str, limits: Limits) -> list[str]:
+        leaf = self._cgroups.create(f"{pod.relative}/{name}")
+        _apply_limits(leaf, limits)
+        return [str(d / "cgroup.procs") for d in leaf.all_dirs]
+
+    @staticmethod
+    def _make_empty_volumes(resolved: ResolvedPod, pod_dir: Path) -> None:
+        for volume in {m.volume for app in resolved.apps for m in app.mounts}:
+            if volume.kind != KIND_EMPTY:
+                continue
+            directory = empty_volume_dir(pod_dir, volume.name)
+            directory.mkdir(parents=True, exist_ok=True)
+            os.chmod(directory, volume.effective_mode)
+            os.chown(directory, volume.uid or 0, volume.gid or 0)
+
+    # -- the end of a pod -----------------------------------------------------------------------------
+
+    def _on_pod_init_exit(self, pod_uuid: str) -> None:
+        with self._lock:
+            record = self._records.get(pod_uuid)
+            if record is None or record.state.terminal:
+                return
+        if record.pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(record.pid, os.WNOHANG)  # ours only if it was reparented to us
+        status = self._read_status(pod_uuid)
+        if status.get("final"):
+            state, reason = PodState(status["state"]), status.get("reason")
+        elif record.stop_requested:
+            state, reason = PodState.STOPPED, "killed after the stop grace period"
+        else:
+            state, reason = (
+                PodState.FAILED,
+                status.get("reason") or "the pod init ended unexpectedly",
+            )
+        self._settle(record, state, reason, status.get("apps", {}))
+
+    def _settle(
+        self,
+        record: _Record,
+        state: PodState,
+        reason: str | None,
+        apps: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the final state, wake whoever waits, then free the cgroups. Waiters may hear
+        of the end before pod.json says it: the pod init's final status.json already does, and
+        recovery reads it."""
+        with self._lock:
+            for app in record.apps:
+                app.update({k: v for k, v in (apps or {}).get(app["name"], {}).items() if k in app})
+                if app["state"] == "running":
+                    app["state"] = "exited"
+                    app["reason"] = app["reason"] or "ended with the pod"
+            record.state, record.reason = state, reason
+            record.finished_at = time.time()
+            self._changed.notify_all()
+            self._persist(record)
+        with contextlib.suppress(CgroupError, OSError):
+            self._cgroups.cgroup(record.uuid).remove()
+
+    def wait(self, ref: str, timeout: float | None = None) -> Pod:
+        """Block until the pod is EXITED, STOPPED or FAILED (or ``timeout`` passes)."""
+        record = self._find(ref)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not record.state.terminal and record.state != PodState.NEW:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+        return self._view(record)
+
+    # -- stop and remove -----------------------------------------------------------------------------
+
+    def stop(self, ref: str, grace: float = DEFAULT_GRACE) -> Pod:
+        """SIGTERM the apps, SIGKILL what is left after ``grace`` seconds, run post-stop
+        handlers. Stopping a pod that has ended changes nothing."""
+        record = self._find(ref)
+        with self._lock:
+            if record.state == PodState.NEW:
+                self._settle(record, PodState.STOPPED, "stopped before it started")
+                return self._view(record)
+            if record.state.terminal:
+                return self._view(record)
+            record.stop_requested = True
+            self._persist(record)
+            write_json_atomic(self._dir(record.uuid) / STOP_FILE, {"grace": grace})
+            pid = record.pid
+        if pid is not None:
+            self._signal_pod_init(record, signal.SIGTERM)
+        if not self.wait(record.uuid, timeout=grace + 5).state.terminal:
+            self._signal_pod_init(record, signal.SIGKILL)  # the whole PID namespace goes with it
+            self.wait(record.uuid, timeout=5)
+        return self._view(record)
+
+    def _signal_pod_init(self, record: _Record, signum: int) -> None:
+        if record.pid is not None and start_time(record.pid) == record.pid_start:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, signum)
+
+    def remove(self, ref: str, force: bool = False) -> None:
+        """Forget a pod that has ended: its files, logs and volumes go, its images are free."""
+        record = self._find(ref)
+        if record.state.active:
+            if not force:
+                raise PodConflict(
+                    f"pod {record.name} is {record.state.value}; stop it first, or force"
+                )
+            self.stop(record.uuid, grace=0)
+        with self._lock:
+            self._records.pop(record.uuid, None)
+            self._resolved.pop(record.uuid, None)
+            self.store.release(self._holder(record))
+        with contextlib.suppress(CgroupError, OSError):
+            self._cgroups.cgroup(record.uuid).remove()
+        doomed = self.root / f".removing-{record.uuid}"
+        os.rename(self._dir(record.uuid), doomed)
+        remove_tree(doomed)
+
+    # -- logs and enter -----------------------------------------------------------------------------
+
+    def logs(self, ref: str, app: str | None = None, follow: bool = False) -> Iterator[LogRecord]:
+        record = self._find(ref)
+        name = self._app_name(record, app)
+        directory = self._dir(record.uuid) / "apps" / name
+        return read_logs(directory, follow, still_running=lambda: record.state.active)
+
+    def _app_name(self, record: _Record, app: str | None) -> str:
+        names = [a["name"] for a in record.apps]
+        if app is None:
+            if len(names) > 1:
+                raise InvalidPod(f"pod {record.name} has apps {', '.join(names)}; name one")
+            return names[0]
+        if app not in names:
+            raise PodNotFound(f"pod {record.name} has no app {app!r} (it has {', '.join(names)})")
+        return app
+
+    def enter(
+        self, ref: str, app: str | None, argv: list[str], *, stdio: list[int] | None,
+        env: dict[str, str] | None = None, window: tuple[int, int] | None = None,
+    ) -> Entered:  # fmt: skip
+        """Start ``argv`` inside a running app, on ``stdio`` or (None) on a new terminal of
+        the pod; ``wait_enter(result.pid)`` gives its exit code."""
+        record = self._find(ref)
+        name = self._app_name(record, app)
+        if record.state != PodState.RUNNING:
+            raise PodConflict(
+                f"pod {record.name} is {record.state.value}; only a RUNNING pod can be entered"
+            )
+        live = self._refresh(record).get("apps", {}).get(name, {})
+        if live.get("state") != "running" or record.pid is None:
+            raise PodConflict(f"app {name} of pod {record.name} is not running")
+        target = child_with_namespace_pid(record.pid, int(live["pid"]))
+        if target is None:
+            raise PodConflict(f"app {name} of pod {record.name} is not running")
+        spec = PodSpec.load(self._dir(record.uuid))
+        app_spec_ = next(a for a in spec.apps if a.name == name)
+        return self._live_launcher().enter(target, app_spec_, argv, env=env or {}, stdio=stdio,
+                                    cgroup_procs=spec.cgroup_procs.get(name, []), window=window)  # fmt: skip
+
+    def wait_enter(self, handle: int, timeout: float | None = None) -> int | None:
+        """The exit code of an entered command (None if it has not ended within ``timeout``)."""
+        status = self._launcher.wait(handle, timeout)
+        return None if status is None else os.waitstatus_to_exitcode(status)
+
+    # -- recovery --------------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Load every pod from disk; re-adopt running ones, settle those that ended while no
+        daemon watched, and hold their images again."""
+        for directory in sorted(self.root.iterdir()):
+            if directory.name.startswith(".removing-"):
+                remove_tree(directory)
+                continue
+            try:
+                record = _Record.from_json(read_json(directory / POD_FILE))
+            except (OSError, ValueError, KeyError, TypeError):
+                remove_tree(directory)  # a create that never finished
+                continue
+            self._records[record.uuid] = record
+            self._rehold(record)
+            if record.state.active:
+                self._readopt(record)
+
+    def _rehold(self, record: _Record) -> None:
+        try:
+            resolved = resolve_pod(PodManifest.from_json(record.manifest), self.store)
+            self.store.hold(self._holder(record), held_images(resolved, self.store))
+        except (PodError, ImageNotFound, ValidationError) as err:
+            record.reason = record.reason or f"images: {err}"
+
+    def _readopt(self, record: _Record) -> None:
+        alive = record.pid is not None and start_time(record.pid) == record.pid_start
+        if alive and record.pid is not None and self._watcher.watch(record.pid, record.uuid):
+            return
+        self._on_pod_init_exit(record.uuid)
+
+
+def _apply_limits(group: Cgroup, limits: Limits) -> None:
+    if limits.memory is not None:
+        group.set_memory_limit(limits.memory)
+    if limits.cpu_millicores is not None or limits.cpu_shares is not None:
+        group.set_cpu(limits.cpu_millicores, limits.cpu_shares)
+    if limits.io_bps is not None or limits.io_iops is not None:
+        group.set_io_limits(_block_devices(), limits.io_bps, limits.io_iops)
+
+
+def _block_devices() -> list[str]:
+    """MAJ:MIN of every whole block device (resource/block-* isolators apply to all)."""
+    devices = []
+    for entry in Path("/sys/block").iterdir():
+        if entry.name.startswith(("loop", "ram", "zram")):
+            continue
+        with contextlib.suppress(OSError):
+            devices.append((entry / "dev").read_text().strip())
+    return devices
+
+
+def _read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""

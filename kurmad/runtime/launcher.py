@@ -1,0 +1,364 @@
+"""The launcher: the one process that creates pod and enter processes.
+
+gRPC runs threads, and forking a threaded process is unsafe (a lock held by another thread at
+the moment of fork stays held forever in the child). So the daemon never forks: at start-up it
+execs this small program, which stays single-threaded, imports everything a pod init needs
+once, freezes those objects out of the garbage collector (so forked children keep sharing the
+pages), and then forks on request. Pod inits are created with clone(2) straight into their new
+PID, mount, UTS, IPC and network namespaces.
+
+Wire: a SOCK_SEQPACKET socketpair; each message one JSON object, file descriptors (an enter's
+stdio) alongside. Requests carry an ``id`` answered by a reply with the same id; the launcher
+also announces every child it reaps as ``{"event": "exit", "pid": .., "status": ..}``. When the
+daemon's end closes, the launcher exits; running pods keep running (they were never its
+threads) and a new daemon re-adopts them."""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import gc
+import itertools
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from kurmad.appc import DEFAULT_CAPABILITIES
+from kurmad.linux import capabilities, seccomp
+from kurmad.linux import syscalls as sc
+from kurmad.linux.proc import reap_all
+
+from . import podinit
+from .isolators import default_seccomp, filter_of
+from .process import drop_privileges, exec_app
+from .spec import AppSpec
+from .users import UserError, resolve
+
+POD_NAMESPACES = (
+    sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
+)
+_MAX_MESSAGE = 1 << 20
+_ENTER_NAMESPACES = ("ipc", "uts", "net", "pid", "mnt")  # mnt last: it changes what /proc is
+
+
+class LauncherError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Entered:
+    """A command started in a running app: its launcher-side PID, and the master side of its
+    terminal when it has one."""
+
+    pid: int
+    terminal: int | None
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(message).encode()
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([data], ancillary)
+
+
+def _receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    fds = array.array("i")
+    data, ancillary, _, _ = sock.recvmsg(_MAX_MESSAGE, socket.CMSG_SPACE(16 * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return (json.loads(data) if data else None), list(fds)
+
+
+# --- the launcher process -----------------------------------------------------------------------
+
+
+def serve(sock: socket.socket) -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _warm_caches()
+    gc.collect()
+    gc.freeze()  # what is imported now stays shared with every pod init
+    _send(sock, {"event": "ready", "pid": os.getpid()})
+    while True:
+        readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
+        if wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 4096)
+            _reap_and_report(sock)
+        if sock.fileno() in readable:
+            message, fds = _receive(sock)
+            if message is None:
+                return  # the daemon is gone
+            _handle(sock, message, fds)
+
+
+def _warm_caches() -> None:
+    """Compute once, here, what every app would otherwise compute after its fork: the default
+    seccomp filter of the default capabilities, and the kernel's last capability."""
+    capabilities.last_cap()
+    default = default_seccomp(DEFAULT_CAPABILITIES)
+    if default is not None:
+        seccomp.compile_filter(filter_of(default))
+
+
+def _reap_and_report(sock: socket.socket) -> None:
+    for pid, status in reap_all():
+        with contextlib.suppress(OSError):
+            _send(sock, {"event": "exit", "pid": pid, "status": status})
+
+
+def _handle(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+    try:
+        if message["op"] == "start_pod":
+            pid = _fork_pod(sock, Path(message["pod_dir"]))
+        elif message["op"] == "enter":
+            pid = _fork_enter(sock, message, fds)
+        else:
+            raise LauncherError(f"unknown request {message['op']!r}")
+        _send(sock, {"id": message["id"], "pid": pid})
+    except Exception as err:
+        _send(sock, {"id": message.get("id"), "error": f"{type(err).__name__}: {err}"})
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _in_child(sock: socket.socket) -> None:
+    """What every forked child does first: forget the launcher's socket and signals."""
+    sock.close()
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGCHLD, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def _fork_pod(sock: socket.socket, pod_dir: Path) -> int:
+    pid = sc.fork_into_namespaces(POD_NAMESPACES)
+    if pid == 0:
+        code = 1
+        try:
+            _in_child(sock)
+            code = podinit.main(pod_dir)
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _fork_enter(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _in_child(sock)
+            _enter(message, fds)
+        finally:
+            os._exit(126)
+    return pid
+
+
+def _enter(message: dict[str, Any], fds: list[int]) -> NoReturn:
+    """Join a running app: its namespaces and root, its cgroup, its user and restrictions."""
+    app = AppSpec.from_json(message["app"])
+    target = int(message["target_pid"])
+    namespaces = {
+        name: os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        for name in _ENTER_NAMESPACES
+    }
+    for procs in message.get("cgroup_procs", []):
+        Path(procs).write_text(str(os.getpid()))
+    for name in _ENTER_NAMESPACES:
+        sc.setns(namespaces[name])
+    child = os.fork()  # only a child is born into the pod's PID namespace
+    if child == 0:
+        try:
+            _become_entered(app, message, fds)
+        except (OSError, UserError, Exception) as err:
+            os.write(2, f"kurmad enter: {err}\n".encode())
+        os._exit(126)
+    for fd in fds:
+        os.close(fd)
+    _, status = os.waitpid(child, 0)
+    os._exit(
+        os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    )
+
+
+def _become_entered(app: AppSpec, message: dict[str, Any], fds: list[int]) -> NoReturn:
+    if message.get("tty"):
+        # A terminal of the pod's own devpts, so that the command sees a /dev/pts/N of its
+        # world; the master goes back to the daemon over the control socket.
+        master, slave = os.openpty()
+        rows, columns = message.get("window") or (24, 80)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        _send(socket.socket(fileno=fds[0]), {"event": "terminal"}, [master])
+        os.close(master)
+        fds = [slave, slave, slave]
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+    os.setsid()
+    if message.get("tty"):
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    credentials = resolve(app.user, app.group)
+    os.chdir(app.working_directory or "/")
+    env = {**app.env, **message.get("env", {})}
+    drop_privileges(app, credentials)
+    exec_app(list(message["argv"]), env)
+
+
+def main() -> None:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    serve(sock)
+
+
+# --- the daemon's side ----------------------------------------------------------------------------
+
+
+class Launcher:
+    """The daemon's handle on its launcher process (thread-safe)."""
+
+    def __init__(self) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock = mine
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "kurmad.runtime.launcher", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            start_new_session=True,  # a ctrl-C at the daemon's terminal is not the pods' business
+        )
+        theirs.close()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._replies: dict[int, tuple[threading.Event, dict[str, Any]]] = {}
+        self._exits: dict[int, tuple[threading.Event, list[int]]] = {}
+        self._exit_listeners: list[Any] = []
+        ready, _ = _receive(self._sock)
+        if not ready or ready.get("event") != "ready":
+            raise LauncherError("the launcher did not start")
+        self.pid = int(ready["pid"])
+        self._reader = threading.Thread(target=self._read_loop, name="launcher-events", daemon=True)
+        self._reader.start()
+
+    def add_exit_listener(self, listener: Any) -> None:
+        """``listener(pid, status)`` is called for every child the launcher reaps."""
+        self._exit_listeners.append(listener)
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                message, fds = _receive(self._sock)
+            except OSError:
+                message, fds = None, []
+            for fd in fds:
+                os.close(fd)
+            if message is None:
+                self._fail_pending()
+                return
+            if message.get("event") == "exit":
+                self._record_exit(int(message["pid"]), int(message["status"]))
+            elif "id" in message:
+                with self._lock:
+                    waiter = self._replies.get(message["id"])
+                if waiter is not None:
+                    waiter[1].update(message)
+                    waiter[0].set()
+
+    def _record_exit(self, pid: int, status: int) -> None:
+        with self._lock:
+            event, box = self._exits.setdefault(pid, (threading.Event(), []))
+            box.append(status)
+        event.set()
+        for listener in list(self._exit_listeners):
+            listener(pid, status)
+
+    def _fail_pending(self) -> None:
+        with self._lock:
+            for event, reply in self._replies.values():
+                reply.setdefault("error", "the launcher exited")
+                event.set()
+
+    def _request(self, message: dict[str, Any], fds: list[int] | None = None) -> int:
+        request_id = next(self._ids)
+        event: threading.Event = threading.Event()
+        reply: dict[str, Any] = {}
+        with self._lock:
+            self._replies[request_id] = (event, reply)
+        try:
+            _send(self._sock, {**message, "id": request_id}, fds)
+            if not event.wait(30):
+                raise LauncherError("the launcher did not answer")
+        finally:
+            with self._lock:
+                self._replies.pop(request_id, None)
+        if "error" in reply:
+            raise LauncherError(reply["error"])
+        pid = int(reply["pid"])
+        with self._lock:
+            self._exits.setdefault(pid, (threading.Event(), []))
+        return pid
+
+    def start_pod(self, pod_dir: Path) -> int:
+        return self._request({"op": "start_pod", "pod_dir": str(pod_dir)})
+
+    def enter(
+        self, target_pid: int, app: AppSpec, argv: list[str], *, env: dict[str, str],
+        stdio: list[int] | None, cgroup_procs: list[str], window: tuple[int, int] | None = None,
+    ) -> Entered:  # fmt: skip
+        """Run ``argv`` in the app whose main process is ``target_pid``: with ``stdio`` (three
+        fds), or with ``stdio=None`` on a new terminal whose master comes back in the result."""
+        message = {"op": "enter", "target_pid": target_pid, "app": asdict(app), "argv": argv,
+                   "env": env, "tty": stdio is None, "cgroup_procs": cgroup_procs, "window": window}  # fmt: skip
+        if stdio is not None:
+            return Entered(self._request(message, stdio), None)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with mine:
+            try:
+                pid = self._request(message, [theirs.fileno()])
+            finally:
+                theirs.close()
+            mine.settimeout(10)
+            _, fds = _receive(mine)
+        if not fds:
+            raise LauncherError("the entered command did not get a terminal")
+        return Entered(pid, fds[0])
+
+    def wait(self, pid: int, timeout: float | None = None) -> int | None:
+        """The wait status of launcher child ``pid`` once it exits (None on timeout)."""
+        with self._lock:
+            event, box = self._exits.setdefault(pid, (threading.Event(), []))
+        if not event.wait(timeout):
+            return None
+        with self._lock:
+            self._exits.pop(pid, None)
+        return box[0]
+
+    def forget(self, pid: int) -> None:
+        with self._lock:
+            self._exits.pop(pid, None)
+
+    @property
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+if __name__ == "__main__":
+    main()

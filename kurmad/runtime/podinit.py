@@ -1,0 +1,357 @@
+"""The pod init: PID 1 of a pod's PID namespace, in the pod's mount, UTS, IPC and network
+namespaces. It sets up each app's filesystem, starts the apps, pumps their output into the
+logs, reaps every process of the pod, runs the event handlers, honours a stop request with a
+grace period, and writes the pod's status (``status.json``) at every change.
+
+It is forked from the launcher (runtime/launcher.py) and so starts with every module it needs
+already imported; it never returns to the launcher's code."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kurmad.linux import syscalls as sc
+from kurmad.linux.proc import reap_all
+
+from .fs import SetupError, setup_app_filesystem
+from .logs import LogWriter
+from .process import become_app
+from .rootfs import AppRootfs, mount_app_rootfs
+from .spec import STATUS_FILE, STOP_FILE, AppSpec, PodSpec
+
+# pod states
+STARTING, RUNNING, STOPPING, EXITED, STOPPED, FAILED = (
+    "STARTING",
+    "RUNNING",
+    "STOPPING",
+    "EXITED",
+    "STOPPED",
+    "FAILED",
+)
+# app states
+WAITING, APP_RUNNING, APP_EXITED, APP_FAILED = "waiting", "running", "exited", "failed"
+POST_STOP_TIMEOUT = 30.0
+_READ = 65536
+
+
+@dataclass
+class _App:
+    spec: AppSpec
+    directory: Path
+    rootfs: AppRootfs | None = None
+    pid: int | None = None
+    state: str = WAITING
+    exit_code: int | None = None
+    signal: str | None = None
+    reason: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    log: LogWriter | None = None
+    post_stop_pid: int | None = None
+    post_stop_deadline: float | None = None
+    pending: bool = False  # exec not yet confirmed through the error pipe
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state, "pid": self.pid, "exit_code": self.exit_code, "signal": self.signal,
+            "reason": self.reason, "started_at": self.started_at, "finished_at": self.finished_at,
+            "warnings": self.warnings,
+        }  # fmt: skip
+
+    @property
+    def done(self) -> bool:
+        return self.state in (APP_EXITED, APP_FAILED) and self.post_stop_pid is None
+
+
+class PodInit:
+    def __init__(self, pod_dir: Path, spec: PodSpec) -> None:
+        self.pod_dir = pod_dir
+        self.spec = spec
+        self.apps = [_App(app, pod_dir / "apps" / app.name) for app in spec.apps]
+        self.state = STARTING
+        self.reason: str | None = None
+        self.stop_requested = False
+        self.kill_deadline: float | None = None
+        self.streams: dict[int, tuple[_App, str]] = {}  # fd -> (app, stdout|stderr|error)
+        self.error_text: dict[int, bytes] = {}
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # -- life ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._catch_signals()
+        try:
+            self._prepare_pod()
+            for app in self.apps:
+                self._prepare_app(app)
+            for app in self.apps:
+                self._start_app(app)
+        except (SetupError, OSError) as err:
+            self._fail(
+                str(err) if isinstance(err, SetupError) else f"pod setup: {err.strerror or err}"
+            )
+        self._write_status()
+        self._loop()
+        self._finish()
+        return 0
+
+    def _catch_signals(self) -> None:
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: None)  # handled in the loop via the wakeup fd
+
+    def _prepare_pod(self) -> None:
+        self._join_cgroup("init")
+        socket.sethostname(self.spec.hostname)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing of ours reaches the host
+        sc.set_link_up("lo")
+        for key, value in self.spec.sysctls.items():
+            Path("/proc/sys", *key.split(".")).write_text(value)
+
+    def _join_cgroup(self, leaf: str) -> None:
+        for procs in self.spec_cgroup_procs(leaf):
+            Path(procs).write_text(str(os.getpid()))
+
+    def spec_cgroup_procs(self, leaf: str) -> list[str]:
+        return list(self.spec.cgroup_procs.get(leaf, []))
+
+    def _prepare_app(self, app: _App) -> None:
+        app.directory.mkdir(parents=True, exist_ok=True)
+        app.rootfs = mount_app_rootfs(Path(app.spec.lower), app.directory / "fs")
+        app.warnings.extend(
+            setup_app_filesystem(str(app.rootfs.path), app.spec, self.pod_dir, self.spec.hosts)
+        )
+        app.log = LogWriter(app.directory, self.spec.log_max_bytes, self.spec.log_keep)
+
+    # -- apps -----------------------------------------------------------------------------------
+
+    def _spawn(self, app: _App, argv: list[str], pre_start: list[str] | None, capture: bool) -> int:
+        """Fork a process that becomes ``app`` running ``argv``; its output goes to the log."""
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        fail_r, fail_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            _child_stdio(out_w, err_w)
+            os.close(fail_r)
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            assert app.rootfs is not None
+            become_app(app.spec, str(app.rootfs.path), argv, error_fd=fail_w,
+                       cgroup_procs=self.spec_cgroup_procs(app.spec.name), pre_start=pre_start)  # fmt: skip
+        for fd in (out_w, err_w, fail_w):
+            os.close(fd)
+        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
+            os.set_blocking(fd, False)
+            self.streams[fd] = (app, stream)
+        if capture:
+            os.set_blocking(fail_r, False)
+            self.streams[fail_r] = (app, "error")
+            self.error_text[fail_r] = b""
+        else:
+            os.close(fail_r)
+        return pid
+
+    def _start_app(self, app: _App) -> None:
+        app.pid = self._spawn(app, app.spec.exec, app.spec.pre_start, capture=True)
+        app.pending = True
+        app.state = APP_RUNNING
+        app.started_at = time.time()
+
+    def _app_confirmed(self, app: _App, error: bytes) -> None:
+        """The app's error pipe closed: exec happened, or it says why not."""
+        app.pending = False
+        if error:
+            app.state = APP_FAILED
+            app.reason = error.decode(errors="replace")
+            self._fail(f"app {app.spec.name} failed to start: {app.reason}")
+        elif self.state == STARTING and not any(a.pending for a in self.apps):
+            self.state = RUNNING
+        self._write_status()
+
+    def _fail(self, reason: str) -> None:
+        if self.state in (FAILED, STOPPING):
+            return
+        self.state = FAILED
+        self.reason = reason
+        self._stop_apps(grace=self.spec.stop_grace)
+
+    def _stop_apps(self, grace: float) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGTERM)  # from PID 1: every other process of the pod
+        self.kill_deadline = time.monotonic() + grace
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._all_done():
+            timeout = self._next_timeout()
+            readable, _, _ = select.select([self._wakeup_r, *self.streams], [], [], timeout)
+            for fd in readable:
+                if fd == self._wakeup_r:
+                    self._on_signals()
+                else:
+                    self._pump(fd)
+            self._reap()
+            self._check_deadlines()
+
+    def _all_done(self) -> bool:
+        return (
+            all(app.done or (app.state == WAITING and self.state == FAILED) for app in self.apps)
+            and not self.streams
+        )
+
+    def _next_timeout(self) -> float | None:
+        deadlines = [
+            d
+            for d in [self.kill_deadline, *(a.post_stop_deadline for a in self.apps)]
+            if d is not None
+        ]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _on_signals(self) -> None:
+        try:
+            received = os.read(self._wakeup_r, 4096)
+        except BlockingIOError:
+            return
+        if (
+            any(s in received for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+            and not self.stop_requested
+        ):
+            self.stop_requested = True
+            if self.state in (STARTING, RUNNING):
+                self.state = STOPPING
+                self._write_status()
+            self._stop_apps(grace=self._requested_grace())
+
+    def _requested_grace(self) -> float:
+        try:
+            return float(json.loads((self.pod_dir / STOP_FILE).read_text())["grace"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.spec.stop_grace
+
+    def _pump(self, fd: int) -> None:
+        app, stream = self.streams[fd]
+        try:
+            data = os.read(fd, _READ)
+        except BlockingIOError:
+            return
+        if stream == "error":
+            if data:
+                self.error_text[fd] += data
+                return
+            del self.streams[fd]
+            os.close(fd)
+            self._app_confirmed(app, self.error_text.pop(fd))
+            return
+        if data:
+            assert app.log is not None
+            app.log.write(stream, data)
+            return
+        del self.streams[fd]
+        os.close(fd)
+
+    def _reap(self) -> None:
+        for pid, status in reap_all():
+            self._on_exit(pid, status)
+
+    def _on_exit(self, pid: int, status: int) -> None:
+        for app in self.apps:
+            if pid == app.pid:
+                self._main_exited(app, status)
+            elif pid == app.post_stop_pid:
+                app.post_stop_pid = app.post_stop_deadline = None
+                self._write_status()
+
+    def _main_exited(self, app: _App, status: int) -> None:
+        app.finished_at = time.time()
+        if os.WIFSIGNALED(status):
+            app.signal = signal.Signals(os.WTERMSIG(status)).name
+            app.exit_code = 128 + os.WTERMSIG(status)
+        else:
+            app.exit_code = os.waitstatus_to_exitcode(status)
+        if app.state != APP_FAILED:
+            app.state = APP_EXITED
+        if app.spec.post_stop and app.reason is None:
+            app.post_stop_pid = self._spawn(app, app.spec.post_stop, None, capture=False)
+            app.post_stop_deadline = time.monotonic() + POST_STOP_TIMEOUT
+        self._write_status()
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        if self.kill_deadline is not None and now >= self.kill_deadline:
+            self.kill_deadline = None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signal.SIGKILL)
+        for app in self.apps:
+            if (
+                app.post_stop_deadline is not None
+                and now >= app.post_stop_deadline
+                and app.post_stop_pid
+            ):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(app.post_stop_pid, signal.SIGKILL)
+                app.warnings.append(f"post-stop handler killed after {POST_STOP_TIMEOUT:.0f}s")
+                app.post_stop_deadline = None
+
+    # -- the end ------------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        if self.state not in (FAILED,):
+            self.state = STOPPED if self.stop_requested else EXITED
+        for app in self.apps:
+            if app.log is not None:
+                app.log.close()
+        self._write_status(final=True)
+
+    def _write_status(self, final: bool = False) -> None:
+        status = {
+            "state": self.state,
+            "reason": self.reason,
+            "final": final,
+            "apps": {app.spec.name: app.to_json() for app in self.apps},
+            "updated_at": time.time(),
+        }
+        temporary = self.pod_dir / f".{STATUS_FILE}.tmp"
+        temporary.write_text(json.dumps(status))
+        os.replace(temporary, self.pod_dir / STATUS_FILE)
+
+
+def _child_stdio(out_w: int, err_w: int) -> None:
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    for fd in (null, out_w, err_w):
+        if fd > 2:
+            os.close(fd)
+
+
+def main(pod_dir: Path) -> int:
+    """Entry point in the freshly cloned pod init."""
+    try:
+        spec = PodSpec.load(pod_dir)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        (pod_dir / STATUS_FILE).write_text(
+            json.dumps(
+                {
+                    "state": FAILED,
+                    "reason": f"cannot read the pod spec: {err}",
+                    "final": True,
+                    "apps": {},
+                }
+            )
+        )
+        return 1
+    return PodInit(pod_dir, spec).run()

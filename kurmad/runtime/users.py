@@ -1,0 +1,78 @@
+"""User and group resolution inside an app's root filesystem (aci.md §user, group): the image's
+own /etc/passwd and /etc/group first, then a number, then the owner of a file in the rootfs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class UserError(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Credentials:
+    uid: int
+    gid: int
+    home: str | None = None
+
+
+def _lookup(database: str, name: str, field_index: int) -> tuple[int, list[str]] | None:
+    """The numeric id and the fields of ``name`` in /etc/passwd or /etc/group of the current
+    root, or None."""
+    try:
+        with open(database, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if (
+                    len(fields) > field_index
+                    and fields[0] == name
+                    and fields[field_index].isdigit()
+                ):
+                    return int(fields[field_index]), fields
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def resolve(user: str, group: str, root: str = "/") -> Credentials:
+    """Resolve an app's user and group against the root filesystem at ``root``."""
+    uid, home = _resolve_user(user, root)
+    return Credentials(uid, _resolve_group(group, root), home)
+
+
+def _resolve_user(user: str, root: str) -> tuple[int, str | None]:
+    found = _lookup(os.path.join(root, "etc/passwd"), user, 2)
+    if found is not None:
+        uid, fields = found
+        return uid, fields[5] if len(fields) > 5 else None
+    if user.isdigit():
+        return int(user), None
+    if user.startswith("/"):
+        return _owner(root, user, "user").st_uid, None
+    raise UserError(
+        f"user {user!r} is not in the image's /etc/passwd (give a number or a name the image knows)"
+    )
+
+
+def _resolve_group(group: str, root: str) -> int:
+    found = _lookup(os.path.join(root, "etc/group"), group, 2)
+    if found is not None:
+        return found[0]
+    if group.isdigit():
+        return int(group)
+    if group.startswith("/"):
+        return _owner(root, group, "group").st_gid
+    raise UserError(
+        f"group {group!r} is not in the image's /etc/group (give a number or a name the image knows)"
+    )
+
+
+def _owner(root: str, path: str, what: str) -> os.stat_result:
+    try:
+        return os.stat(os.path.join(root, path.lstrip("/")))
+    except OSError as err:
+        raise UserError(
+            f"{what} {path!r}: the file does not exist in the image ({err.strerror})"
+        ) from None
