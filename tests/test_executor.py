@@ -626,7 +626,7 @@ def test_cpu_limit_and_shares_reach_the_cgroup(env) -> None:
     pod = manager.create(manifest([app("main", image.id, "sleep 30", app={"isolators": [
         isolator("resource/cpu", {"request": "250m", "limit": "500m"})]})]))  # fmt: skip
     manager.start(pod.uuid)
-    group = manager._cgroups.cgroup(f"{pod.uuid}/main")
+    group = manager.cgroup(pod.uuid, "main")
     cpu = group.dirs["cpu"]
     if group.version["cpu"] == 1:
         assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
@@ -645,7 +645,7 @@ def test_pod_limits_bound_the_apps(env) -> None:
         )
     )
     manager.start(pod.uuid)
-    memory = manager._cgroups.cgroup(pod.uuid).dirs["memory"]
+    memory = manager.cgroup(pod.uuid).dirs["memory"]
     name = "memory.limit_in_bytes" if (memory / "memory.limit_in_bytes").exists() else "memory.max"
     assert int((memory / name).read_text()) == 64 * 2**20
     manager.stop(pod.uuid, grace=0)
@@ -772,7 +772,7 @@ def test_block_io_limits_and_cpu_shares_reach_the_cgroup(env) -> None:
         manifest([app("main", image.id, "sleep 30", app={"isolators": isolators})])
     )
     manager.start(pod.uuid)
-    group = manager._cgroups.cgroup(f"{pod.uuid}/main")  # noqa: SLF001
+    group = manager.cgroup(pod.uuid, "main")
     try:
         if group.version.get("io") == 1:
             bps = (group.dirs["io"] / "blkio.throttle.read_bps_device").read_text()

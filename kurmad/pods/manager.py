@@ -155,6 +155,12 @@ class PodManager:
             stopping=record.stop_requested and record.state.active,
         )  # fmt: skip
 
+    def cgroup(self, ref: str, app: str | None = None) -> Cgroup:
+        """The pod's cgroup (with ``app``: that app's leaf), for accounting and inspection."""
+        record = self._find(ref)
+        relative = record.uuid if app is None else f"{record.uuid}/{self._app_name(record, app)}"
+        return self._cgroups.cgroup(relative)
+
     def _read_status(self, pod_uuid: str) -> dict[str, Any]:
         try:
             return json.loads((self._dir(pod_uuid) / STATUS_FILE).read_bytes())
