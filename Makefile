@@ -4,9 +4,11 @@ PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the build, the tests and the benchmarks need on a fresh Debian 12 machine.
-APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzip crun runc util-linux
+APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzip util-linux openssl
+# The peers the benchmarks measure against: installed by make bench, not by CI.
+BENCH_PACKAGES := crun runc podman
 
-.PHONY: deps setup lint test clean bench bench-import bench-executor
+.PHONY: deps setup lint test clean bench bench-deps bench-import bench-executor bench-api proto
 
 deps:
 	apt-get update -q
@@ -17,7 +19,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
 lint: setup
@@ -32,10 +34,20 @@ clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache
 
 # Benchmarks against peers in the same run (medians and ratios); root gives them a tmpfs.
-bench: bench-import bench-executor
+proto: setup
+	$(PY) -m kurmad.api.codegen
+
+bench-deps:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 $(BENCH_PACKAGES)
+
+bench: bench-deps bench-import bench-executor bench-api
 
 bench-import: setup
 	$(PY) -m bench.import_bench
 
 bench-executor: setup
 	$(PY) -m bench.executor_bench
+
+bench-api: setup
+	$(PY) -m bench.api_bench

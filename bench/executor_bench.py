@@ -31,9 +31,7 @@ from kurmad.linux.cgroups import CgroupDriver
 from kurmad.linux.proc import pss_kib
 from kurmad.pods.manager import PodManager
 
-from .common import alternate, report, scratch
-
-HYBRID_ESCAPE = "KURMAD_BENCH_IN_NAMESPACE"
+from .common import alternate, leave_hybrid_cgroups, report, scratch
 
 
 def busybox_rootfs(root: Path) -> Path:
@@ -118,16 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the executor benchmark runs pods: run it as root")
-    if Path("/sys/fs/cgroup/unified").is_mount() and not os.environ.get(HYBRID_ESCAPE):
-        script = (
-            f"umount /sys/fs/cgroup/unified && exec {sys.executable} -m bench.executor_bench "
-            + " ".join(sys.argv[1:])
-        )
-        os.execvpe(
-            "unshare",
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-            {**os.environ, HYBRID_ESCAPE: "1"},
-        )
+    leave_hybrid_cgroups("bench.executor_bench")
     with scratch() as work:
         rootfs = busybox_rootfs(work / "rootfs")
         bundle = oci_bundle(work, rootfs, ["/bin/true"])

@@ -16,47 +16,6 @@ from kurmad.linux.files import atomic_writer
 
 from .output import fail, print_json
 
-BUILD_COMPRESSIONS = (Compression.GZIP, Compression.ZSTD, Compression.NONE)
-
-
-def add_image_verbs(images: argparse._SubParsersAction) -> None:
-    build_cmd = images.add_parser("build", help="build an ACI from a directory")
-    build_cmd.add_argument(
-        "dir",
-        type=Path,
-        help="a directory holding manifest and rootfs/, or a rootfs with --manifest",
-    )
-    build_cmd.add_argument(
-        "-o", "--output", required=True, type=Path, help="the .aci file to write"
-    )
-    build_cmd.add_argument(
-        "--manifest", type=Path, help="the image manifest (JSON); DIR is then the rootfs"
-    )
-    build_cmd.add_argument(
-        "--compress", choices=[c.value for c in BUILD_COMPRESSIONS], default="gzip"
-    )
-    build_cmd.add_argument(
-        "--keep-owners", action="store_true", help="keep file owners instead of 0:0"
-    )
-    build_cmd.add_argument("--keep-mtimes", action="store_true", help="keep modification times")
-    build_cmd.set_defaults(func=image_build)
-
-    validate = images.add_parser("validate", help="check ACI files; exit 1 if any is invalid")
-    validate.add_argument("files", nargs="+", type=Path)
-    validate.add_argument("-o", "--output", choices=["text", "json"], default="text")
-    validate.set_defaults(func=image_validate)
-
-    manifest = images.add_parser("manifest", help="print the manifest of an ACI file as JSON")
-    manifest.add_argument("file", type=Path)
-    manifest.set_defaults(func=image_manifest)
-
-
-def add_manifest_verbs(manifests: argparse._SubParsersAction) -> None:
-    validate = manifests.add_parser("validate", help="check image or pod manifests (JSON)")
-    validate.add_argument("files", nargs="+", type=Path)
-    validate.add_argument("-o", "--output", choices=["text", "json"], default="text")
-    validate.set_defaults(func=manifest_validate)
-
 
 def image_build(args: argparse.Namespace) -> int:
     out: Path = args.output

@@ -10,7 +10,19 @@ import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kurmad.appc import App, ImageID, MountPoint, PodManifest, RuntimeApp, Volume
+from kurmad.appc import (
+    ACName,
+    Annotations,
+    App,
+    ImageID,
+    Mount,
+    MountPoint,
+    PodManifest,
+    RuntimeApp,
+    RuntimeImage,
+    Volume,
+    sanitize_ac_name,
+)
 from kurmad.appc.volumes import KIND_HOST
 from kurmad.images.render import RenderError, layer_ids, render
 from kurmad.images.store import ImageNotFound, ImageRecord, ImageStore, StoreError
@@ -25,6 +37,9 @@ from kurmad.runtime.isolators import (
 from kurmad.runtime.spec import AppSpec, Limits, MountSpec, SocketSpec
 
 from .model import InvalidPod
+
+# An app annotation (aci.md: annotations MAY affect the executor) asking for a terminal.
+TTY_ANNOTATION = "kurmad.io/tty"
 
 # ace.md §Execution Environment
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -225,6 +240,7 @@ def app_spec(resolved: ResolvedApp, store: ImageStore, pod_dir: Path) -> AppSpec
             SocketSpec(p.name, p.protocol, p.port, p.count) for p in app.ports if p.socket_activated
         ],
         limits=policy.limits,
+        tty=resolved.runtime.annotations.get(TTY_ANNOTATION) == "true",
     )
 
 
@@ -260,3 +276,53 @@ def held_images(resolved: ResolvedPod, store: ImageStore) -> set[ImageID]:
         except RenderError as err:
             raise InvalidPod(f"app {app.runtime.name}: {err}") from None
     return held
+
+
+# --- kurmactl run: a pod of one app from an image -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    image: str
+    exec: list[str]
+    env: dict[str, str]
+    volumes: list[tuple[str, str, bool]]  # host path, app path, read-only
+    working_directory: str = ""
+    user: str = ""
+    group: str = ""
+    tty: bool = False
+    app_name: str = ""
+
+
+def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
+    """The pod manifest ``kurmactl run`` means: the image's app, with the command, the
+    environment, the user and the volumes given on the command line."""
+    try:
+        image = store.lookup(run.image)
+    except ImageNotFound:
+        raise InvalidPod(f"image {run.image} is not in the store (import it first)") from None
+    except StoreError as err:
+        raise InvalidPod(f"image {run.image}: {err}") from None
+    base = image.manifest.app
+    if base is None and not run.exec:
+        raise InvalidPod(f"image {image.name} has no app to run; give a command")
+    app = base or App(user="0", group="0")
+    app = replace(
+        app,
+        exec=tuple(run.exec) or app.exec,
+        environment=app.environment.merged(run.env),
+        working_directory=run.working_directory or app.working_directory,
+        user=run.user or app.user,
+        group=run.group or app.group,
+    )
+    name = run.app_name or sanitize_ac_name(image.name.rsplit("/", 1)[-1])
+    volumes = [Volume(ACName(f"volume-{i}"), KIND_HOST, source=host, read_only=read_only or None)
+               for i, (host, _, read_only) in enumerate(run.volumes)]  # fmt: skip
+    mounts = tuple(
+        Mount(path=path, volume=volume.name)
+        for volume, (_, path, _) in zip(volumes, run.volumes, strict=True)
+    )
+    annotations = Annotations({TTY_ANNOTATION: "true"} if run.tty else {})
+    runtime = RuntimeApp(name=ACName(name), image=RuntimeImage(id=image.id, name=image.manifest.name), app=app,
+                         mounts=mounts, annotations=annotations)  # fmt: skip
+    return PodManifest(apps=(runtime,), volumes=tuple(volumes))

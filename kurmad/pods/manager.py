@@ -9,6 +9,7 @@ init with a pidfd and settles the pod's final state when it ends."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -31,7 +32,17 @@ from kurmad.runtime.logs import LogRecord, read_logs
 from kurmad.runtime.spec import SPEC_FILE, STATUS_FILE, STOP_FILE, AppSpec, Limits, PodSpec
 
 from .builder import ResolvedPod, app_spec, empty_volume_dir, held_images, resolve_pod
-from .model import AppStatus, InvalidPod, Pod, PodConflict, PodError, PodNotFound, PodState
+from .events import EventBus
+from .model import (
+    AppStatus,
+    InvalidPod,
+    Pod,
+    PodConflict,
+    PodError,
+    PodExists,
+    PodNotFound,
+    PodState,
+)
 from .watcher import PidWatcher
 
 POD_FILE = "pod.json"
@@ -60,11 +71,21 @@ class _Record:
     isolators: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "state": self.state.value}
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")} | {
+            "state": self.state.value
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _Record:
         return cls(**{**data, "state": PodState(data["state"])})
+
+    @functools.cached_property
+    def _parsed_manifest(self) -> PodManifest:
+        return PodManifest.from_json(self.manifest)
+
+    @functools.cached_property
+    def _manifest_json(self) -> str:
+        return json.dumps(self.manifest)
 
 
 class PodManager:
@@ -76,8 +97,10 @@ class PodManager:
         cgroup_parent: str = "kurmad",
         resolv_conf: Path = Path("/etc/resolv.conf"),
         launcher: Launcher | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.root = state_dir / "pods"
+        self.events = events or EventBus()
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = store
         self._cgroups = CgroupDriver(cgroup_parent)
@@ -132,8 +155,14 @@ class PodManager:
             return {}
         live = self._read_status(record.uuid)
         with self._lock:
-            if record.state == PodState.STARTING and live.get("state") in ("RUNNING", "STOPPING"):
+            became_running = record.state == PodState.STARTING and live.get("state") in (
+                "RUNNING",
+                "STOPPING",
+            )
+            if became_running:
                 record.state = PodState.RUNNING
+        if became_running:
+            self.events.emit("pod", "running", record.uuid, record.name)
         return live
 
     def _view(self, record: _Record) -> Pod:
@@ -150,7 +179,8 @@ class PodManager:
                 )
         return Pod(
             uuid=record.uuid, name=record.name, state=record.state,
-            manifest=PodManifest.from_json(record.manifest), created_at=record.created_at, apps=apps,
+            manifest=record._parsed_manifest, manifest_json=record._manifest_json,
+            created_at=record.created_at, apps=apps,
             reason=record.reason, started_at=record.started_at, finished_at=record.finished_at,
             stopping=record.stop_requested and record.state.active,
         )  # fmt: skip
@@ -183,7 +213,7 @@ class PodManager:
         )  # fmt: skip
         with self._lock:
             if any(r.name == name for r in self._records.values()):
-                raise PodConflict(f"a pod named {name} exists already")
+                raise PodExists(f"a pod named {name} exists already")
             try:
                 self.store.hold(self._holder(record), held)
             except ImageNotFound as err:
@@ -192,6 +222,7 @@ class PodManager:
             self._records[pod_uuid] = record
             self._resolved[pod_uuid] = resolved
             self._persist(record)
+        self.events.emit("pod", "created", pod_uuid, name)
         return self._view(record)
 
     def _check_name(self, name: str) -> str:
@@ -212,7 +243,7 @@ class PodManager:
 
     # -- start ----------------------------------------------------------------------------------
 
-    def start(self, ref: str) -> Pod:
+    def start(self, ref: str, wait: bool = True) -> Pod:
         record = self._find(ref)
         with self._lock:
             if record.state != PodState.NEW:
@@ -230,10 +261,12 @@ class PodManager:
         with self._lock:
             record.pid, record.pid_start = pid, start_time(pid)
             self._persist(record)
+        self.events.emit("pod", "started", record.uuid, record.name)
         if not self._watcher.watch(pid, record.uuid):
             self._on_pod_init_exit(record.uuid)
         del spec
-        self._await_started(record, timeout=START_TIMEOUT)
+        if wait:
+            self._await_started(record, timeout=START_TIMEOUT)
         return self._view(record)
 
     def _live_launcher(self) -> Launcher:
@@ -336,6 +369,10 @@ class PodManager:
             record.finished_at = time.time()
             self._changed.notify_all()
             self._persist(record)
+        codes = {a["name"]: str(a.get("exit_code")) for a in record.apps}
+        self.events.emit(
+            "pod", state.value.lower(), record.uuid, record.name, reason=reason or "", **codes
+        )
         with contextlib.suppress(CgroupError, OSError):
             self._cgroups.cgroup(record.uuid).remove()
 
@@ -397,6 +434,7 @@ class PodManager:
         doomed = self.root / f".removing-{record.uuid}"
         os.rename(self._dir(record.uuid), doomed)
         remove_tree(doomed)
+        self.events.emit("pod", "removed", record.uuid, record.name)
 
     # -- logs and enter -----------------------------------------------------------------------------
 
@@ -404,7 +442,13 @@ class PodManager:
         record = self._find(ref)
         name = self._app_name(record, app)
         directory = self._dir(record.uuid) / "apps" / name
-        return read_logs(directory, follow, still_running=lambda: record.state.active)
+
+        def pause(seconds: float) -> None:
+            with self._changed:
+                if record.state.active:
+                    self._changed.wait(seconds)  # woken at once when the pod ends
+
+        return read_logs(directory, follow, still_running=lambda: record.state.active, pause=pause)
 
     def _app_name(self, record: _Record, app: str | None) -> str:
         names = [a["name"] for a in record.apps]

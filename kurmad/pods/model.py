@@ -39,7 +39,11 @@ class InvalidPod(PodError):
 
 
 class PodConflict(PodError):
-    """The pod is not in a state that allows the operation, or the name is taken."""
+    """The pod is not in a state that allows the operation."""
+
+
+class PodExists(PodConflict):
+    """A pod of that name exists already."""
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Pod:
     started_at: float | None = None
     finished_at: float | None = None
     stopping: bool = False
+    manifest_json: str = ""  # the manifest as JSON text, cached for the API
 
     def app(self, name: str) -> AppStatus | None:
         return next((a for a in self.apps if a.name == name), None)

@@ -112,9 +112,12 @@ def read_logs(
     follow: bool = False,
     still_running: Callable[[], bool] | None = None,
     poll_interval: float = 0.1,
+    pause: Callable[[float], object] = time.sleep,
 ) -> Iterator[LogRecord]:
     """Every record of an app, oldest first (rotated files too). With ``follow``, keep
-    waiting for more while ``still_running()`` says the app runs, across rotations."""
+    waiting for more while ``still_running()`` says the app runs, across rotations.
+    ``pause(seconds)`` waits between looks; one that returns early when the app ends (the
+    pod manager's) makes the end of the stream prompt."""
     for rotated in sorted(directory.glob(f"{LOG_FILE}.*"), key=lambda p: -int(p.suffix[1:])):
         yield from _records(rotated)
     tail = _Tail(directory / LOG_FILE)
@@ -124,7 +127,7 @@ def read_logs(
         yield from tail.new_records()
         if not running:
             return
-        time.sleep(poll_interval)
+        pause(poll_interval)
 
 
 class _Tail:

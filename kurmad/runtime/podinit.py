@@ -8,12 +8,16 @@ already imported; it never returns to the launcher's code."""
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import json
 import os
 import select
 import signal
 import socket
+import struct
+import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +44,10 @@ STARTING, RUNNING, STOPPING, EXITED, STOPPED, FAILED = (
 # app states
 WAITING, APP_RUNNING, APP_EXITED, APP_FAILED = "waiting", "running", "exited", "failed"
 POST_STOP_TIMEOUT = 30.0
+TTY_SOCKET = "tty.sock"
+# <asm/ioctls.h>: unlock a pty master, and read its number (termios lacks them)
+_TIOCSPTLCK = 0x40045431
+_TIOCGPTN = 0x80045430
 _READ = 65536
 
 
@@ -57,6 +65,7 @@ class _App:
     finished_at: float | None = None
     warnings: list[str] = field(default_factory=list)
     log: LogWriter | None = None
+    terminal: int | None = None  # the master side, for apps that asked for a terminal
     post_stop_pid: int | None = None
     post_stop_deadline: float | None = None
     pending: bool = False  # exec not yet confirmed through the error pipe
@@ -84,6 +93,7 @@ class PodInit:
         self.kill_deadline: float | None = None
         self.streams: dict[int, tuple[_App, str]] = {}  # fd -> (app, stdout|stderr|error)
         self.error_text: dict[int, bytes] = {}
+        self.listeners: dict[int, tuple[socket.socket, _App]] = {}  # tty.sock of terminal apps
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- life ---------------------------------------------------------------------------------
@@ -136,13 +146,19 @@ class PodInit:
     # -- apps -----------------------------------------------------------------------------------
 
     def _spawn(self, app: _App, argv: list[str], pre_start: list[str] | None, capture: bool) -> int:
-        """Fork a process that becomes ``app`` running ``argv``; its output goes to the log."""
+        """Fork a process that becomes ``app`` running ``argv``; its output goes to the log,
+        or to the app's terminal when it has one."""
+        terminal = app.spec.tty and capture
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         fail_r, fail_w = os.pipe2(os.O_CLOEXEC)
+        slave = self._open_terminal(app) if terminal else None
         pid = os.fork()
         if pid == 0:
-            _child_stdio(out_w, err_w)
+            if slave is not None:
+                _child_terminal(slave)
+            else:
+                _child_stdio(out_w, err_w)
             os.close(fail_r)
             signal.set_wakeup_fd(-1)
             for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -150,7 +166,7 @@ class PodInit:
             assert app.rootfs is not None
             become_app(app.spec, str(app.rootfs.path), argv, error_fd=fail_w,
                        cgroup_procs=self.spec_cgroup_procs(app.spec.name), pre_start=pre_start)  # fmt: skip
-        for fd in (out_w, err_w, fail_w):
+        for fd in (out_w, err_w, fail_w, *([slave] if slave is not None else [])):
             os.close(fd)
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
@@ -162,6 +178,32 @@ class PodInit:
         else:
             os.close(fail_r)
         return pid
+
+    def _open_terminal(self, app: _App) -> int:
+        """A terminal from the app's own devpts (so the app sees a /dev/pts/N of its world).
+        The pod init keeps the master and hands it to whoever connects to tty.sock."""
+        assert app.rootfs is not None
+        pts = app.rootfs.path / "dev" / "pts"
+        master = os.open(pts / "ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+        slave = os.open(pts / str(number), os.O_RDWR | os.O_NOCTTY)
+        app.terminal = master
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(app.directory / TTY_SOCKET))
+        listener.listen(4)
+        self.listeners[listener.fileno()] = (listener, app)
+        return slave
+
+    def _hand_over_terminal(self, fd: int) -> None:
+        listener, app = self.listeners[fd]
+        connection, _ = listener.accept()
+        with connection:
+            if app.terminal is not None:
+                connection.sendmsg(
+                    [b"t"],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [app.terminal]))],
+                )
 
     def _start_app(self, app: _App) -> None:
         app.pid = self._spawn(app, app.spec.exec, app.spec.pre_start, capture=True)
@@ -197,10 +239,14 @@ class PodInit:
     def _loop(self) -> None:
         while not self._all_done():
             timeout = self._next_timeout()
-            readable, _, _ = select.select([self._wakeup_r, *self.streams], [], [], timeout)
+            readable, _, _ = select.select(
+                [self._wakeup_r, *self.streams, *self.listeners], [], [], timeout
+            )
             for fd in readable:
                 if fd == self._wakeup_r:
                     self._on_signals()
+                elif fd in self.listeners:
+                    self._hand_over_terminal(fd)
                 else:
                     self._pump(fd)
             self._reap()
@@ -326,6 +372,15 @@ class PodInit:
         temporary = self.pod_dir / f".{STATUS_FILE}.tmp"
         temporary.write_text(json.dumps(status))
         os.replace(temporary, self.pod_dir / STATUS_FILE)
+
+
+def _child_terminal(slave: int) -> None:
+    os.setsid()
+    for target in (0, 1, 2):
+        os.dup2(slave, target)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    if slave > 2:
+        os.close(slave)
 
 
 def _child_stdio(out_w: int, err_w: int) -> None:

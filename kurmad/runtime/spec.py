@@ -80,6 +80,7 @@ class AppSpec:
     selinux_context: str | None = None
     sockets: list[SocketSpec] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)  # the app's own cgroup, inside the pod's
+    tty: bool = False  # a terminal instead of log pipes; attach through apps/<name>/tty.sock
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AppSpec:

@@ -1,0 +1,5 @@
+"""The gRPC API: servicers, authentication and server wiring; the generated code is in v1/."""
+
+# The name in every kurmad server certificate, checked by clients whatever address they
+# dialled: the host's own CA is what pins its identity.
+SERVER_NAME = "kurmad"

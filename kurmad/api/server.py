@@ -1,0 +1,136 @@
+"""Wiring the daemon: the image store, the pod manager and the host behind one gRPC server,
+on a local Unix socket and, when asked, on TCP with mutual TLS."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kurmad.host.control import Host
+from kurmad.images.store import ImageStore
+from kurmad.pods.events import EventBus
+from kurmad.pods.manager import PodManager
+
+from . import auth
+from .services import HostService, ImagesService, PodsService
+from .v1 import kurma_pb2 as pb
+from .v1 import kurma_pb2_grpc as rpc
+
+log = logging.getLogger("kurmad")
+SOCKET_NAME = "kurmad.sock"
+# Streams (logs -f, events, exec) each hold a worker thread for as long as they run.
+WORKERS = 64
+_MESSAGE_LIMIT = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    state_dir: Path
+    listen: str | None = None  # host:port for TCP
+    insecure: bool = False  # TCP without TLS (development only)
+    socket: Path | None = None  # default: <state-dir>/kurmad.sock
+    cgroup_parent: str = "kurmad"
+    image_quota: int | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket or self.state_dir / SOCKET_NAME
+
+
+class Daemon:
+    def __init__(self, config: ServeConfig, host: Host | None = None) -> None:
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.events = EventBus()
+        self.host = host or Host()
+        self.store = ImageStore(config.state_dir / "images", quota_bytes=config.image_quota)
+        # The pod manager starts the launcher (a fresh exec) before any gRPC thread exists.
+        self.manager = PodManager(
+            config.state_dir, self.store, cgroup_parent=config.cgroup_parent, events=self.events
+        )
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="rpc"),
+            interceptors=[auth.AuthInterceptor(insecure_tcp=config.insecure)],
+            options=[
+                ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
+                ("grpc.max_send_message_length", _MESSAGE_LIMIT),
+            ],
+        )
+        self._register()
+        self.endpoints = self._bind()
+        self._stopped = threading.Event()
+
+    def _register(self) -> None:
+        rpc.add_PodsServicer_to_server(PodsService(self.manager), self.server)
+        rpc.add_ImagesServicer_to_server(ImagesService(self.store, self.events), self.server)
+        rpc.add_HostServicer_to_server(
+            HostService(self.host, self.manager, self.store, self.events), self.server
+        )
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in ("Pods", "Images", "Host")]
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+
+    def _bind(self) -> list[str]:
+        endpoints = []
+        path = self.config.socket_path
+        path.unlink(missing_ok=True)
+        old_umask = os.umask(0o077)  # the socket is born owner-only: no window for others
+        try:
+            self.server.add_insecure_port(f"unix://{path}")
+        finally:
+            os.umask(old_umask)
+        endpoints.append(f"unix://{path}")
+        if self.config.listen:
+            endpoints.append(self._bind_tcp(self.config.listen))
+        return endpoints
+
+    def _bind_tcp(self, address: str) -> str:
+        if self.config.insecure:
+            log.warning("TCP %s without TLS: every client is admin (--insecure)", address)
+            port = self.server.add_insecure_port(address)
+        else:
+            tls = auth.TLSFiles(self.config.state_dir / "tls")
+            auth.ensure_server_material(tls, [socket.gethostname()])
+            port = self.server.add_secure_port(address, auth.server_credentials(tls))
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        return f"{address.rsplit(':', 1)[0]}:{port}"
+
+    def start(self) -> None:
+        self.server.start()
+        for service in ("", "kurma.v1.Pods", "kurma.v1.Images", "kurma.v1.Host"):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.events.emit(
+            "host", "api-ready", "", socket.gethostname(), endpoints=" ".join(self.endpoints)
+        )
+        log.info("serving on %s", ", ".join(self.endpoints))
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop serving. Pods keep running; a new daemon re-adopts them."""
+        self.health.enter_graceful_shutdown()
+        self.events.close()
+        self.server.stop(grace).wait()
+        self.manager.close()
+        self.store.close()
+        self._stopped.set()
+
+    def run_until_signalled(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(
+                signum, lambda *_: threading.Thread(target=self.stop, daemon=True).start()
+            )
+        self.start()
+        self._stopped.wait()

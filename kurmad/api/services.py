@@ -1,0 +1,336 @@
+"""The gRPC servicers: Pods, Images and Host. Each call goes through the same pod manager,
+image store and host that everything else uses (the API is the only door)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import socket
+import struct
+import termios
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from kurmad.appc import PodManifest, loads
+from kurmad.host.control import Host
+from kurmad.images.store import ImageStore
+from kurmad.pods.builder import RunRequest, manifest_for_run
+from kurmad.pods.events import EventBus
+from kurmad.pods.manager import PodManager
+from kurmad.pods.model import PodConflict
+from kurmad.runtime.podinit import TTY_SOCKET
+
+from . import convert
+from .errors import handled, handled_stream
+from .v1 import kurma_pb2 as pb
+from .v1 import kurma_pb2_grpc as rpc
+
+_READ = 65536
+
+
+class PodsService(rpc.PodsServicer):
+    def __init__(self, manager: PodManager) -> None:
+        self.manager = manager
+
+    @handled
+    def Create(self, request: pb.CreatePodRequest, context: grpc.ServicerContext) -> pb.Pod:
+        if request.HasField("run"):
+            manifest = manifest_for_run(self.manager.store, _run_request(request.run))
+        elif request.manifest_json:
+            manifest = PodManifest.from_json(loads(request.manifest_json))
+        else:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give a manifest or a run spec")
+        pod = self.manager.create(manifest, request.name or None)
+        if request.start:
+            pod = self.manager.start(pod.uuid, wait=not request.no_wait)
+        return convert.pod(pod)
+
+    @handled
+    def Start(self, request: pb.PodRef, context: grpc.ServicerContext) -> pb.Pod:
+        return convert.pod(self.manager.start(request.ref))
+
+    @handled
+    def Get(self, request: pb.PodRef, context: grpc.ServicerContext) -> pb.Pod:
+        return convert.pod(self.manager.get(request.ref))
+
+    @handled
+    def List(
+        self, request: pb.ListPodsRequest, context: grpc.ServicerContext
+    ) -> pb.ListPodsResponse:
+        return pb.ListPodsResponse(pods=[convert.pod(p) for p in self.manager.pods()])
+
+    @handled
+    def Stop(self, request: pb.StopPodRequest, context: grpc.ServicerContext) -> pb.Pod:
+        grace = request.grace_seconds if request.HasField("grace_seconds") else 10.0
+        return convert.pod(self.manager.stop(request.ref, grace))
+
+    @handled
+    def Remove(
+        self, request: pb.RemovePodRequest, context: grpc.ServicerContext
+    ) -> pb.RemovePodResponse:
+        self.manager.remove(request.ref, request.force)
+        return pb.RemovePodResponse()
+
+    @handled
+    def Wait(self, request: pb.WaitPodRequest, context: grpc.ServicerContext) -> pb.Pod:
+        timeout = request.timeout_seconds if request.HasField("timeout_seconds") else None
+        return convert.pod(self.manager.wait(request.ref, timeout))
+
+    @handled_stream
+    def Logs(self, request: pb.LogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogEntry]:
+        for record in self.manager.logs(request.ref, request.app or None, request.follow):
+            if not context.is_active():
+                return
+            yield pb.LogEntry(timestamp=record.timestamp, stream=record.stream, line=record.line,
+                              partial=record.partial)  # fmt: skip
+
+    @handled_stream
+    def Exec(
+        self, requests: Iterator[pb.ExecRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ExecResponse]:
+        first = next(requests, None)
+        if first is None or not first.HasField("start"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first Exec message must be start")
+        assert first is not None
+        start = first.start
+        if not start.argv:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "start.argv: give a command to run")
+        window = (start.size.rows or 24, start.size.columns or 80) if start.tty else None
+        if start.tty:
+            entered = self.manager.enter(start.ref, start.app or None, list(start.argv), stdio=None,
+                                         env=dict(start.env), window=window)  # fmt: skip
+            assert entered.terminal is not None
+            session = _Session(
+                stdin=entered.terminal, stdout=entered.terminal, stderr=None, terminal=True
+            )
+        else:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            try:
+                entered = self.manager.enter(start.ref, start.app or None, list(start.argv),
+                                             stdio=[in_r, out_w, err_w], env=dict(start.env))  # fmt: skip
+            finally:
+                for fd in (in_r, out_w, err_w):
+                    os.close(fd)
+            session = _Session(stdin=in_w, stdout=out_r, stderr=err_r, terminal=False)
+        yield from session.run(requests, context)
+        code = self.manager.wait_enter(entered.pid, timeout=30)
+        yield pb.ExecResponse(exit_code=code if code is not None else 255)
+
+    @handled_stream
+    def Attach(
+        self, requests: Iterator[pb.AttachRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ExecResponse]:
+        first = next(requests, None)
+        if first is None or not first.HasField("start"):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first Attach message must be start"
+            )
+        assert first is not None
+        start = first.start
+        master = _terminal_of(self.manager, start.ref, start.app or None)
+        if start.size.rows:
+            _resize(master, start.size)
+        session = _Session(stdin=master, stdout=master, stderr=None, terminal=True)
+        yield from session.run(_as_exec_requests(requests), context)
+        pod = self.manager.wait(start.ref, timeout=30)
+        app = pod.app(start.app) if start.app else pod.apps[0]
+        code = app.exit_code if app is not None and app.exit_code is not None else 255
+        yield pb.ExecResponse(exit_code=code)
+
+
+def _run_request(run: pb.RunSpec) -> RunRequest:
+    return RunRequest(
+        image=run.image, exec=list(run.exec), env=dict(run.env),
+        volumes=[(v.host_path, v.path, v.read_only) for v in run.volumes],
+        working_directory=run.working_directory, user=run.user, group=run.group, tty=run.tty,
+        app_name=run.app_name,
+    )  # fmt: skip
+
+
+def _terminal_of(manager: PodManager, ref: str, app: str | None) -> int:
+    """The master side of a terminal app's pty, handed over by its pod init."""
+    pod = manager.get(ref)
+    name = app or pod.apps[0].name
+    path = manager.root / pod.uuid / "apps" / name / TTY_SOCKET
+    if not path.exists():
+        raise PodConflict(f"app {name} of pod {pod.name} has no terminal (run it with -t)")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(5)
+        connection.connect(str(path))
+        _, ancillary, _, _ = connection.recvmsg(1, socket.CMSG_SPACE(4))
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            return int.from_bytes(data[:4], "little", signed=True)
+    raise PodConflict(f"app {name} of pod {pod.name}: its terminal could not be had")
+
+
+def _as_exec_requests(requests: Iterator[pb.AttachRequest]) -> Iterator[pb.ExecRequest]:
+    for request in requests:
+        if request.HasField("stdin"):
+            yield pb.ExecRequest(stdin=request.stdin)
+        elif request.HasField("resize"):
+            yield pb.ExecRequest(resize=request.resize)
+
+
+def _resize(fd: int, size: pb.TerminalSize) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.columns, 0, 0))
+
+
+class _Session:
+    """Relays a process's stdio (pipes, or a terminal's master) to and from a gRPC stream."""
+
+    def __init__(self, stdin: int, stdout: int, stderr: int | None, terminal: bool) -> None:
+        self.stdin, self.stdout, self.stderr, self.terminal = stdin, stdout, stderr, terminal
+
+    def run(
+        self, requests: Iterator[pb.ExecRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ExecResponse]:
+        feeder = threading.Thread(target=self._feed, args=(requests,), daemon=True)
+        feeder.start()
+        try:
+            yield from self._drain(context)
+        finally:
+            for fd in {self.stdout, *([self.stderr] if self.stderr is not None else [])}:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if not self.terminal:
+                with contextlib.suppress(OSError):
+                    os.close(self.stdin)
+
+    def _feed(self, requests: Iterator[pb.ExecRequest]) -> None:
+        try:
+            for request in requests:
+                if request.HasField("stdin"):
+                    _write_all(self.stdin, request.stdin)
+                elif request.HasField("resize") and self.terminal:
+                    _resize(self.stdin, request.resize)
+                elif request.HasField("close_stdin") and request.close_stdin:
+                    if self.terminal:
+                        _write_all(self.stdin, b"\x04")
+                    else:
+                        os.close(self.stdin)
+                        return
+        except (OSError, grpc.RpcError, ValueError):
+            return
+
+    def _drain(self, context: grpc.ServicerContext) -> Iterator[pb.ExecResponse]:
+        open_fds = {self.stdout: "stdout"}
+        if self.stderr is not None:
+            open_fds[self.stderr] = "stderr"
+        while open_fds and context.is_active():
+            readable, _, _ = select.select(list(open_fds), [], [], 0.5)
+            for fd in readable:
+                try:
+                    data = os.read(fd, _READ)
+                except OSError:  # EIO: the terminal's other side is closed
+                    data = b""
+                if not data:
+                    del open_fds[fd]
+                elif open_fds[fd] == "stdout":
+                    yield pb.ExecResponse(stdout=data)
+                else:
+                    yield pb.ExecResponse(stderr=data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _ChunkReader:
+    """A file-like reader over the chunks of an Import stream."""
+
+    def __init__(self, chunks: Iterator[pb.ImportChunk]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk.data
+        if size < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+
+class ImagesService(rpc.ImagesServicer):
+    def __init__(self, store: ImageStore, events: EventBus) -> None:
+        self.store = store
+        self.events = events
+
+    def _image(self, record: Any) -> pb.Image:
+        return convert.image(record, self.store.holders(record.id))
+
+    @handled
+    def Import(
+        self, requests: Iterator[pb.ImportChunk], context: grpc.ServicerContext
+    ) -> pb.ImportResponse:
+        result = self.store.import_stream(_ChunkReader(requests))  # type: ignore[arg-type]
+        if result.created:
+            self.events.emit("image", "imported", result.record.id, result.record.name)
+        return pb.ImportResponse(image=self._image(result.record), created=result.created)
+
+    @handled
+    def List(
+        self, request: pb.ListImagesRequest, context: grpc.ServicerContext
+    ) -> pb.ListImagesResponse:
+        return pb.ListImagesResponse(images=[self._image(r) for r in self.store.images()])
+
+    @handled
+    def Get(self, request: pb.ImageRef, context: grpc.ServicerContext) -> pb.Image:
+        return self._image(self.store.lookup(request.ref))
+
+    @handled
+    def Remove(self, request: pb.ImageRef, context: grpc.ServicerContext) -> pb.RemoveImageResponse:
+        record = self.store.delete(self.store.lookup(request.ref).id)
+        self.events.emit("image", "removed", record.id, record.name)
+        return pb.RemoveImageResponse()
+
+    @handled
+    def GC(self, request: pb.GCRequest, context: grpc.ServicerContext) -> pb.GCResponse:
+        removed = self.store.gc(request.grace_seconds)
+        for record in removed:
+            self.events.emit("image", "removed", record.id, record.name)
+        return pb.GCResponse(removed=[convert.image(r, []) for r in removed])
+
+
+class HostService(rpc.HostServicer):
+    def __init__(
+        self, host: Host, manager: PodManager, store: ImageStore, events: EventBus
+    ) -> None:
+        self.host, self.manager, self.store, self.events = host, manager, store, events
+
+    @handled
+    def Info(self, request: pb.HostInfoRequest, context: grpc.ServicerContext) -> pb.HostInfo:
+        return convert.host_info(
+            self.host.info(), len(self.manager.pods()), len(self.store.images())
+        )
+
+    @handled_stream
+    def Events(
+        self, request: pb.EventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Event]:
+        for event in self.events.subscribe(still_wanted=context.is_active):
+            yield convert.event(event)
+
+    @handled
+    def Reboot(self, request: pb.PowerRequest, context: grpc.ServicerContext) -> pb.PowerResponse:
+        self.host.reboot()
+        return pb.PowerResponse()
+
+    @handled
+    def Poweroff(self, request: pb.PowerRequest, context: grpc.ServicerContext) -> pb.PowerResponse:
+        self.host.poweroff()
+        return pb.PowerResponse()

@@ -1,0 +1,213 @@
+"""The Python client of the kurmad API: what kurmactl uses, and what fleet scripts can import.
+
+    from kurmad.client import Client
+    with Client("10.0.0.5:7777", tls_dir=Path("~/.kurma/host1").expanduser()) as kurma:
+        pod = kurma.run("example.com/busybox", exec=["/bin/echo", "hi"])
+        print(kurma.wait(pod.uuid).apps[0].exit_code)
+
+Every call raises KurmaError (with the gRPC status code name) on failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import grpc
+
+from kurmad.api import SERVER_NAME
+from kurmad.api.v1 import kurma_pb2 as pb
+from kurmad.api.v1 import kurma_pb2_grpc as rpc
+
+DEFAULT_HOST = "unix:///var/lib/kurmad/kurmad.sock"
+CHUNK = 1 << 20
+T = TypeVar("T")
+
+
+class KurmaError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _translate(err: grpc.RpcError, target: str) -> KurmaError:
+    code = err.code()
+    details = err.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return KurmaError("UNAVAILABLE", f"cannot reach kurmad at {target}: {details}")
+    return KurmaError(code.name if code else "UNKNOWN", details)
+
+
+class Client:
+    """A connection to one kurmad. ``host`` is ``unix:///path`` or ``host:port`` (mutual TLS
+    with the bundle in ``tls_dir``: ca.crt, client.crt, client.key)."""
+
+    def __init__(
+        self, host: str | None = None, tls_dir: Path | None = None, *, insecure: bool = False,
+        timeout: float | None = None,
+    ) -> None:  # fmt: skip
+        self.target = host or os.environ.get("KURMA_HOST") or DEFAULT_HOST
+        self.timeout = timeout
+        self._channel = _channel(self.target, tls_dir or _env_path("KURMA_TLS_DIR"), insecure)
+        self._pods = rpc.PodsStub(self._channel)
+        self._images = rpc.ImagesStub(self._channel)
+        self._host = rpc.HostStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as err:
+            raise _translate(err, self.target) from None
+
+    def _stream(self, responses: Iterable[T]) -> Iterator[T]:
+        try:
+            yield from responses
+        except grpc.RpcError as err:
+            raise _translate(err, self.target) from None
+
+    # -- pods -----------------------------------------------------------------------------------
+
+    def create(self, manifest_json: str, name: str = "", start: bool = True) -> pb.Pod:
+        return self._call(
+            self._pods.Create,
+            pb.CreatePodRequest(manifest_json=manifest_json, name=name, start=start),
+        )
+
+    def run(
+        self, image: str, *, exec: list[str] | None = None, env: dict[str, str] | None = None,
+        volumes: list[tuple[str, str, bool]] | None = None, name: str = "", tty: bool = False,
+        working_directory: str = "", user: str = "", group: str = "", start: bool = True,
+        wait_running: bool = True,
+    ) -> pb.Pod:  # fmt: skip
+        """Create (and start) a pod of one app from ``image``."""
+        spec = pb.RunSpec(image=image, exec=exec or [], env=env or {}, tty=tty, working_directory=working_directory,
+                          user=user, group=group,
+                          volumes=[pb.VolumeMount(host_path=h, path=p, read_only=ro) for h, p, ro in volumes or []])  # fmt: skip
+        request = pb.CreatePodRequest(run=spec, name=name, start=start, no_wait=not wait_running)
+        return self._call(self._pods.Create, request)
+
+    def start(self, ref: str) -> pb.Pod:
+        return self._call(self._pods.Start, pb.PodRef(ref=ref))
+
+    def get(self, ref: str) -> pb.Pod:
+        return self._call(self._pods.Get, pb.PodRef(ref=ref))
+
+    def pods(self) -> list[pb.Pod]:
+        return list(self._call(self._pods.List, pb.ListPodsRequest()).pods)
+
+    def stop(self, ref: str, grace: float | None = None) -> pb.Pod:
+        request = pb.StopPodRequest(ref=ref)
+        if grace is not None:
+            request.grace_seconds = grace
+        return self._call(self._pods.Stop, request, timeout=(grace or 10) + 30)
+
+    def remove(self, ref: str, force: bool = False) -> None:
+        self._call(self._pods.Remove, pb.RemovePodRequest(ref=ref, force=force), timeout=60)
+
+    def wait(self, ref: str, timeout: float | None = None) -> pb.Pod:
+        request = pb.WaitPodRequest(ref=ref)
+        if timeout is not None:
+            request.timeout_seconds = timeout
+        return self._call(
+            self._pods.Wait, request, timeout=None if timeout is None else timeout + 10
+        )
+
+    def logs(self, ref: str, app: str = "", follow: bool = False) -> Iterator[pb.LogEntry]:
+        return self._stream(self._pods.Logs(pb.LogsRequest(ref=ref, app=app, follow=follow)))
+
+    def exec(self, requests: Iterator[pb.ExecRequest]) -> Iterator[pb.ExecResponse]:
+        """Bidirectional: the first request is an ExecStart."""
+        return self._stream(self._pods.Exec(requests))
+
+    def attach(self, requests: Iterator[pb.AttachRequest]) -> Iterator[pb.ExecResponse]:
+        return self._stream(self._pods.Attach(requests))
+
+    # -- images ---------------------------------------------------------------------------------
+
+    def import_image(
+        self, source: BinaryIO, progress: Callable[[int], None] | None = None
+    ) -> pb.ImportResponse:
+        def chunks() -> Iterator[pb.ImportChunk]:
+            sent = 0
+            while data := source.read(CHUNK):
+                sent += len(data)
+                if progress is not None:
+                    progress(sent)
+                yield pb.ImportChunk(data=data)
+
+        try:
+            return self._images.Import(chunks(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise _translate(err, self.target) from None
+
+    def images(self) -> list[pb.Image]:
+        return list(self._call(self._images.List, pb.ListImagesRequest()).images)
+
+    def image(self, ref: str) -> pb.Image:
+        return self._call(self._images.Get, pb.ImageRef(ref=ref))
+
+    def remove_image(self, ref: str) -> None:
+        self._call(self._images.Remove, pb.ImageRef(ref=ref))
+
+    def gc(self, grace_seconds: float = 0) -> list[pb.Image]:
+        return list(self._call(self._images.GC, pb.GCRequest(grace_seconds=grace_seconds)).removed)
+
+    # -- host ----------------------------------------------------------------------------------------
+
+    def info(self) -> pb.HostInfo:
+        return self._call(self._host.Info, pb.HostInfoRequest())
+
+    def events(self) -> Iterator[pb.Event]:
+        return self._stream(self._host.Events(pb.EventsRequest()))
+
+    def reboot(self) -> None:
+        self._call(self._host.Reboot, pb.PowerRequest())
+
+    def poweroff(self) -> None:
+        self._call(self._host.Poweroff, pb.PowerRequest())
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else None
+
+
+def _channel(target: str, tls_dir: Path | None, insecure: bool) -> grpc.Channel:
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", 64 * 2**20),
+        ("grpc.max_send_message_length", 64 * 2**20),
+    ]
+    if target.startswith("unix:") or insecure:
+        return grpc.insecure_channel(target, options=options)
+    if tls_dir is None:
+        raise KurmaError(
+            "INVALID_ARGUMENT",
+            f"{target} is TCP: give --tls-dir (a bundle from kurmad certs client) or --insecure",
+        )
+    try:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=(tls_dir / "ca.crt").read_bytes(),
+            private_key=(tls_dir / "client.key").read_bytes(),
+            certificate_chain=(tls_dir / "client.crt").read_bytes(),
+        )
+    except OSError as err:
+        raise KurmaError(
+            "INVALID_ARGUMENT", f"TLS bundle {tls_dir}: {err.strerror}: {err.filename}"
+        ) from None
+    options.append(("grpc.ssl_target_name_override", SERVER_NAME))
+    return grpc.secure_channel(target, credentials, options=options)
