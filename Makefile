@@ -4,11 +4,12 @@ PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the build, the tests and the benchmarks need on a fresh Debian 12 machine.
-APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzip util-linux openssl
+APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzip util-linux openssl \
+	e2fsprogs dnsmasq-base
 # The peers the benchmarks measure against: installed by make bench, not by CI.
 BENCH_PACKAGES := crun runc podman
 
-.PHONY: deps setup lint test clean bench bench-deps bench-import bench-executor bench-api proto
+.PHONY: deps setup lint test clean bench bench-deps bench-import bench-executor bench-api bench-boot proto
 
 deps:
 	apt-get update -q
@@ -41,7 +42,7 @@ bench-deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 $(BENCH_PACKAGES)
 
-bench: bench-deps bench-import bench-executor bench-api
+bench: bench-deps bench-import bench-executor bench-api bench-boot
 
 bench-import: setup
 	$(PY) -m bench.import_bench
@@ -51,3 +52,6 @@ bench-executor: setup
 
 bench-api: setup
 	$(PY) -m bench.api_bench
+
+bench-boot: setup
+	$(PY) -m bench.boot_bench

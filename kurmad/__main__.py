@@ -1,6 +1,8 @@
 """kurmad: the daemon. ``python -m kurmad`` is the same as the ``kurmad`` command.
 
+kurmad boot [--config FILE] [--cmdline TEXT]     (as PID 1: what the kernel runs as /init)
 kurmad serve --state-dir DIR [--listen HOST:PORT] [--insecure]
+kurmad config validate FILE
 kurmad certs client NAME --role reader|operator|admin -o DIR [--state-dir DIR]
 """
 
@@ -8,11 +10,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kurmad import __version__
+
+if TYPE_CHECKING:
+    from kurmad.api.server import Daemon
+    from kurmad.host.boot import ApiSettings
+    from kurmad.host.control import Host
 
 DEFAULT_STATE_DIR = Path("/var/lib/kurmad")
 
@@ -23,6 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kurmad {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    boot = verbs.add_parser("boot", help="be PID 1: boot the machine, then serve the API")
+    boot.add_argument("--config", type=Path, default=Path("/etc/kurma.yml"),
+                      help="the base config file (default /etc/kurma.yml)")  # fmt: skip
+    boot.add_argument("--cmdline", help="kurma.* options to use instead of /proc/cmdline")
+    boot.set_defaults(func=_boot)
+
+    config = verbs.add_parser("config", help="boot configuration files")
+    config_verbs = config.add_subparsers(dest="config_verb", metavar="VERB", required=True)
+    validate = config_verbs.add_parser("validate", help="check a kurma.yml offline")
+    validate.add_argument("file", type=Path)
+    validate.set_defaults(func=_config_validate)
 
     serve = verbs.add_parser("serve", help="run the API on this host (pods, images, host)")
     serve.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
@@ -50,6 +71,40 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     client.set_defaults(func=_certs_client)
     return parser
+
+
+def _boot(args: argparse.Namespace) -> int:
+    if os.getpid() != 1:
+        sys.stderr.write(
+            "kurmad: error: kurmad boot runs as PID 1 (the kernel's /init, or PID 1 of a new PID "
+            "namespace); on a running system use kurmad serve\n"
+        )
+        return 2
+    from kurmad.host import init
+    from kurmad.host.boot import BootOptions
+
+    init.main(BootOptions(config_file=args.config, cmdline=args.cmdline), _serve_booted_host)
+
+
+def _serve_booted_host(settings: ApiSettings, host: Host) -> Daemon:
+    """The API of a booted host; imported only in the daemon child, never in PID 1 (grpc
+    threads and PID 1's forks must not meet)."""
+    from kurmad.api.server import Daemon, ServeConfig
+
+    config = ServeConfig(state_dir=settings.state_dir, listen=settings.listen, insecure=settings.insecure,
+                         tls_dir=settings.tls_dir, cgroup_parent=settings.cgroup_parent)  # fmt: skip
+    return Daemon(config, host)
+
+
+def _config_validate(args: argparse.Namespace) -> int:
+    from kurmad.host.config import validate_file
+
+    problems = validate_file(args.file)
+    for problem in problems:
+        sys.stderr.write(f"{problem}\n")
+    if not problems:
+        print(f"{args.file}: ok")
+    return 1 if problems else 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -95,6 +95,7 @@ def host_info(info: HostInfo, pods: int, images: int) -> pb.HostInfo:
                 ok=s.ok,
                 error=s.error,
                 critical=s.critical,
+                detail=s.detail,
             )
             for s in info.boot_stages
         ],

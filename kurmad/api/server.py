@@ -41,6 +41,7 @@ class ServeConfig:
     socket: Path | None = None  # default: <state-dir>/kurmad.sock
     cgroup_parent: str = "kurmad"
     image_quota: int | None = None
+    tls_dir: Path | None = None  # default: <state-dir>/tls (made on first use)
 
     @property
     def socket_path(self) -> Path:
@@ -102,7 +103,7 @@ class Daemon:
             log.warning("TCP %s without TLS: every client is admin (--insecure)", address)
             port = self.server.add_insecure_port(address)
         else:
-            tls = auth.TLSFiles(self.config.state_dir / "tls")
+            tls = auth.TLSFiles(self.config.tls_dir or self.config.state_dir / "tls")
             auth.ensure_server_material(tls, [socket.gethostname()])
             port = self.server.add_secure_port(address, auth.server_credentials(tls))
         if port == 0:

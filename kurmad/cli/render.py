@@ -134,5 +134,5 @@ def host_info(info: pb.HostInfo) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
     if info.boot_stages:
         sys.stdout.write("boot stages:\n")
-        table(["  STAGE", "RESULT", "MS", "ERROR"],
-              [["  " + s.name, "ok" if s.ok else "FAILED", f"{s.duration_seconds * 1000:.0f}", s.error] for s in info.boot_stages])  # fmt: skip
+        table(["  STAGE", "RESULT", "MS", "DETAIL"],
+              [["  " + s.name, "ok" if s.ok else "FAILED", f"{s.duration_seconds * 1000:.0f}", s.error or s.detail] for s in info.boot_stages])  # fmt: skip

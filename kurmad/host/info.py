@@ -23,6 +23,7 @@ class BootStage:
     ok: bool
     error: str = ""
     critical: bool = False
+    detail: str = ""
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ _SYS_PIVOT_ROOT = 155
 _SYS_CAPGET = 125
 _SYS_CAPSET = 126
 _SYS_SECCOMP = 317
+_SYS_INIT_MODULE = 175
+_SYS_REBOOT = 169
 
 # <sched.h> namespace flags
 CLONE_NEWNS = 0x00020000
@@ -219,6 +221,25 @@ def set_link_up(name: str) -> None:
         request = struct.pack("16sH", name.encode(), 0)
         flags = struct.unpack("16sH", fcntl.ioctl(sock, _SIOCGIFFLAGS, request)[:18])[1]
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH", name.encode(), flags | _IFF_UP))
+
+
+def init_module(image: bytes, params: str = "") -> None:
+    """Insert a kernel module from its (uncompressed) ELF image."""
+    buffer = ctypes.create_string_buffer(image, len(image))
+    result = _libc.syscall(_SYS_INIT_MODULE, buffer, ctypes.c_ulong(len(image)), params.encode())
+    _check(int(result), "init_module")
+
+
+# <linux/reboot.h>
+RB_AUTOBOOT = 0x01234567
+RB_POWER_OFF = 0x4321FEDC
+RB_DISABLE_CAD = 0
+
+
+def reboot(command: int) -> None:
+    """reboot(2); in a child PID namespace it ends that namespace's init instead."""
+    result = _libc.syscall(_SYS_REBOOT, 0xFEE1DEAD, 672274793, ctypes.c_int(command), None)
+    _check(int(result), "reboot")
 
 
 def filesystem_supported(name: str) -> bool:

@@ -353,20 +353,22 @@ class GCResponse(_message.Message):
     def __init__(self, removed: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
 
 class BootStage(_message.Message):
-    __slots__ = ("name", "started_at", "duration_seconds", "ok", "error", "critical")
+    __slots__ = ("name", "started_at", "duration_seconds", "ok", "error", "critical", "detail")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CRITICAL_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     name: str
     started_at: float
     duration_seconds: float
     ok: bool
     error: str
     critical: bool
-    def __init__(self, name: _Optional[str] = ..., started_at: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., critical: _Optional[bool] = ...) -> None: ...
+    detail: str
+    def __init__(self, name: _Optional[str] = ..., started_at: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., critical: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class HostInfoRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,87 @@
+"""Boot as data: an ordered list of named stages, each timed, logged to the console and kept
+for Host.Info. A stage that fails leaves the machine degraded but reachable; only a critical
+one stops the sequence."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+from .info import BootStage
+
+T = TypeVar("T")
+
+
+class CriticalStageFailed(Exception):
+    pass
+
+
+class StageFailed(Exception):
+    """A stage that did part of its work: the error, and what it did all the same."""
+
+    def __init__(self, error: str, detail: str = "") -> None:
+        super().__init__(error)
+        self.detail = detail
+
+
+class BootSequence:
+    def __init__(
+        self, console: Callable[[str], None], records: list[BootStage] | None = None
+    ) -> None:
+        self.console = console
+        self.records = records if records is not None else []
+
+    def run(
+        self, name: str, action: Callable[[], T], *, critical: bool = False, debug: bool = False
+    ) -> T | None:
+        """Run one stage. Its errors are recorded and logged; a critical stage's error stops
+        the sequence (CriticalStageFailed), any other lets it go on (the result is None).
+        A stage that returns a string has said what it did: that is its detail."""
+        started = time.time()
+        clock = time.monotonic()
+        try:
+            result = action()
+        except Exception as err:
+            detail = err.detail if isinstance(err, StageFailed) else ""
+            record = BootStage(
+                name, started, time.monotonic() - clock, False, _describe(err), critical, detail
+            )
+            self.records.append(record)
+            self.console(f"[{record.duration * 1000:7.1f} ms] {name}: FAILED: {record.error}")
+            if detail:
+                self.console(f"{'':14}{name}: {detail}")
+            if debug:
+                self.console(traceback.format_exc())
+            if critical:
+                raise CriticalStageFailed(f"{name}: {record.error}") from err
+            return None
+        detail = result if isinstance(result, str) else ""
+        record = BootStage(name, started, time.monotonic() - clock, True, "", critical, detail)
+        self.records.append(record)
+        self.console(
+            f"[{record.duration * 1000:7.1f} ms] {name}: ok{': ' + detail if detail else ''}"
+        )
+        return result
+
+    def degrade(self, name: str, error: str) -> None:
+        """Record a problem found outside a stage's own code (a config section that fell back)."""
+        self.records.append(BootStage(name, time.time(), 0.0, False, error))
+        self.console(f"[    0.0 ms] {name}: FAILED: {error}")
+
+    def stages(self) -> list[BootStage]:
+        return list(self.records)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [asdict(r) for r in self.records]
+
+
+def _describe(err: Exception) -> str:
+    """Our own errors and the system's speak for themselves; a bug shows its type."""
+    text = str(err) or type(err).__name__
+    ours = type(err).__module__.startswith("kurmad.")
+    if ours or isinstance(err, (OSError, ValueError, LookupError)):
+        return text
+    return f"{type(err).__name__}: {text}"
