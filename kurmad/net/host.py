@@ -22,7 +22,6 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.dhcp import hooks as dhcp_hooks
 from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
-from pyroute2.dhcp.fsm import State
 from pyroute2.dhcp.hooks import Trigger, hook
 from pyroute2.dhcp.leases import JSONFileLease, Lease, MissingOptionError
 
@@ -175,8 +174,11 @@ class DhcpClients:
         self.clients: dict[str, AsyncDHCPClient] = {}
         self._stop = asyncio.Event()
         self._tasks: list[concurrent.futures.Future[None]] = []
+        # set once a lease's hooks have all run (the client says BOUND before they do)
+        self._configured: dict[str, threading.Event] = {}
 
     def start(self, interface: str, hostname: str | None) -> None:
+        self._configured[interface] = threading.Event()
         future = asyncio.run_coroutine_threadsafe(self._run(interface, hostname), self.loop)
         self._tasks.append(future)
 
@@ -200,6 +202,7 @@ class DhcpClients:
         @hook(Trigger.BOUND, Trigger.RENEWED, Trigger.REBOUND)
         async def remember(lease: Lease) -> None:
             self.on_change(lease.interface, lease_state(lease))
+            self._configured[lease.interface].set()
 
         @hook(Trigger.UNBOUND, Trigger.EXPIRED)
         async def forget(lease: Lease) -> None:
@@ -209,20 +212,8 @@ class DhcpClients:
                 dhcp_hooks.remove_ip, dhcp_hooks.remove_default_gw, forget]  # fmt: skip
 
     def wait_bound(self, interface: str, timeout: float) -> bool:
-        """Whether the interface holds a lease within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while interface not in self.clients:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
-        client = self.clients[interface]
-        waiting = asyncio.run_coroutine_threadsafe(client.wait_for_state(State.BOUND), self.loop)
-        try:
-            waiting.result(max(deadline - time.monotonic(), 0.01))
-            return True
-        except TimeoutError:
-            waiting.cancel()
-            return False
+        """Whether the interface holds a lease, its address and route set, within ``timeout``."""
+        return self._configured[interface].wait(timeout)
 
     def state(self, interface: str) -> str:
         client = self.clients.get(interface)
