@@ -5,11 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the build, the tests and the benchmarks need on a fresh Debian 12 machine.
 APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzip util-linux openssl \
-	e2fsprogs dnsmasq-base
+	e2fsprogs dnsmasq-base qemu-system-x86 kmod binutils dropbear-bin libudev1
 # The peers the benchmarks measure against: installed by make bench, not by CI.
 BENCH_PACKAGES := crun runc podman
 
-.PHONY: deps setup lint test clean bench bench-deps bench-import bench-executor bench-api bench-boot proto
+.PHONY: deps setup lint test clean bench bench-deps bench-import bench-executor bench-api bench-boot proto initramfs vm
 
 deps:
 	apt-get update -q
@@ -24,12 +24,26 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check kurmad tests bench
-	$(VENV)/bin/ruff format --check kurmad tests bench
-	$(VENV)/bin/mypy kurmad
+	$(VENV)/bin/ruff check kurmad tests bench initrd vm-tests
+	$(VENV)/bin/ruff format --check kurmad tests bench initrd vm-tests
+	$(VENV)/bin/mypy kurmad initrd
 
-test: lint
+# Every test: unit and integration (root), then the built initramfs booted in QEMU.
+test: lint initramfs
 	$(PY) -m pytest tests
+	$(PY) -m pytest vm-tests
+
+# The kernel (Debian's cloud kernel, downloaded) and the initramfs, rebuilt when a source changes.
+INITRAMFS_SOURCES := $(shell find kurmad initrd -name '*.py' -o -name '*.yml' -o -path 'initrd/console/*' -o -path 'initrd/ntp/*') pyproject.toml
+initramfs: build/initramfs.cpio.zst
+
+build/initramfs.cpio.zst: $(VENV)/.installed $(INITRAMFS_SOURCES)
+	$(PY) -m initrd.build --build build
+
+# Boot a VM into kurmad; the API is forwarded to 127.0.0.1:$(VM_PORT), the serial console is here.
+VM_PORT ?= 7777
+vm: initramfs
+	$(PY) -m initrd.vm --build build --port $(VM_PORT)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache

@@ -81,7 +81,7 @@ def _boot(args: argparse.Namespace) -> int:
         )
         return 2
     from kurmad.host import init
-    from kurmad.host.boot import BootOptions
+    from kurmad.host.power import BootOptions
 
     init.main(BootOptions(config_file=args.config, cmdline=args.cmdline), _serve_booted_host)
 

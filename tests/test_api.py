@@ -133,6 +133,35 @@ def test_run_with_env_volume_user_and_name(daemon: ServeProcess, tmp_path: Path)
     assert result.stdout.splitlines() == ["hi named 1234:2345 /mnt", "from the host", "ro"]
 
 
+def test_run_with_the_host_network(daemon: ServeProcess) -> None:
+    script = "readlink /proc/self/ns/net; readlink /proc/self/ns/uts"
+    shared = kurmactl(
+        daemon, "run", "--rm", "--net", "host", "example.com/busybox", "--", "/bin/sh", "-c", script
+    )
+    own = kurmactl(daemon, "run", "--rm", "example.com/busybox", "--", "/bin/sh", "-c", script)
+    assert shared.returncode == 0 and own.returncode == 0, shared.stderr + own.stderr
+    host_net, host_uts = os.readlink("/proc/self/ns/net"), os.readlink("/proc/self/ns/uts")
+    assert shared.stdout.splitlines() == [host_net, shared.stdout.splitlines()[1]]
+    assert shared.stdout.splitlines()[1] != host_uts  # only the network is shared
+    assert own.stdout.splitlines()[0] != host_net
+
+
+def test_a_host_network_pod_may_not_set_network_sysctls(
+    daemon: ServeProcess, tmp_path: Path
+) -> None:
+    with daemon.client() as kurma:
+        image_id = kurma.image("example.com/busybox").id
+    manifest = {"acKind": "PodManifest", "acVersion": "0.8.11",
+                "annotations": [{"name": "kurmad.io/host-network", "value": "true"}],
+                "isolators": [{"name": "os/unix/sysctl", "value": {"net.ipv4.ip_forward": "1"}}],
+                "apps": [{"name": "a", "image": {"id": image_id}}]}  # fmt: skip
+    path = tmp_path / "pod.json"
+    path.write_text(json.dumps(manifest))
+    result = kurmactl(daemon, "create", "-f", str(path))
+    assert result.returncode != 0
+    assert "sysctl net.ipv4.ip_forward would change the host's network" in result.stderr
+
+
 def test_run_an_aci_file_imports_it_first(daemon: ServeProcess, busybox_aci: Path) -> None:
     result = kurmactl(daemon, "run", "--rm", str(busybox_aci))
     assert result.returncode == 0 and result.stdout == "default app\n"

@@ -600,7 +600,7 @@ def test_initial_pod_restart_policy(tmp_path: Path) -> None:
 def test_initial_pod_unknown_key(tmp_path: Path) -> None:
     assert (
         "initial_pods[0].command: unknown key "
-        "(known: env, exec, image, manifest, name, restart, volumes)"
+        "(known: env, exec, host_network, image, manifest, name, restart, volumes)"
     ) in only_problem(tmp_path, "initial_pods: [{name: a, image: b, command: x}]\n")
 
 

@@ -499,3 +499,24 @@ def test_hotplug_reports_a_matched_module_missing_from_modules_dep(
         "module virtiofs does not exist for this kernel"
     ]
     assert watcher.loaded == []
+
+
+def test_coldplug_looks_again_when_a_bus_driver_brings_devices(
+    index: ModuleIndex, kernel: Kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The virtio devices only appear once virtio_pci is loaded: a second look finds them."""
+    devices = tmp_path / "devices"
+    (devices / "pci0").mkdir(parents=True)
+    (devices / "pci0" / "modalias").write_text(VIRTIO_NET_PCI + "\n")
+    insert = kernel.init_module
+
+    def probing_insert(image: bytes, params: str = "") -> None:
+        insert(image, params)
+        if image == elf("virtio_pci"):
+            (devices / "pci0" / "virtio0").mkdir()
+            (devices / "pci0" / "virtio0" / "modalias").write_text(VIRTIO_NET + "\n")
+
+    monkeypatch.setattr(kurmad.linux.syscalls, "init_module", probing_insert)
+    report = coldplug(index, devices)
+    assert "virtio_pci" in report.loaded and "virtio_net" in report.loaded
+    assert kernel.names().index("virtio_pci") < kernel.names().index("virtio_net")

@@ -73,7 +73,7 @@ def run_pod(args: argparse.Namespace) -> int:
         image = _image_reference(kurma, args.image)
         pod = kurma.run(image, exec=_command(args, args.command), env=_pairs(args.env, "environment"),
                         volumes=_volumes(args.volume), name=args.name, tty=args.tty,
-                        working_directory=args.workdir, user=user, group=group,
+                        working_directory=args.workdir, user=user, group=group, host_network=args.net == "host",
                         wait_running=args.detach or args.tty)  # attached runs learn of failures from Wait  # fmt: skip
         if args.detach:
             print(pod.name)

@@ -30,6 +30,8 @@ def add_pod_verbs(verbs: argparse._SubParsersAction, connection: argparse.Argume
     run.add_argument("-t", "--tty", action="store_true", help="give the app a terminal")
     run.add_argument("-w", "--workdir", default="")
     run.add_argument("-u", "--user", default="", help="USER[:GROUP]")
+    run.add_argument("--net", choices=["pod", "host"], default="pod",
+                     help="host: share the host's network namespace")  # fmt: skip
     run.set_defaults(handler="online:run_pod")
 
     create = verbs.add_parser(

@@ -33,11 +33,9 @@ from . import config as boot_config
 from . import disks, modules, mounts
 from .control import Host
 from .info import BootStage
+from .power import EXIT_CODES, BootOptions
 from .stages import BootSequence, StageFailed
 
-EXIT_POWEROFF = 10
-EXIT_REBOOT = 11
-EXIT_CODES = {"poweroff": EXIT_POWEROFF, "reboot": EXIT_REBOOT}
 SHUTDOWN_GRACE = 10.0
 OEM_MOUNT = Path("/run/kurma/oem")
 OEM_WAIT = 0.0  # drivers probe during init_module: after coldplug the disks are there
@@ -67,13 +65,6 @@ class Services(Protocol):
 
 
 Serve = Callable[[ApiSettings, Host], Services]
-
-
-@dataclass(frozen=True)
-class BootOptions:
-    config_file: Path = boot_config.DEFAULT_CONFIG_FILE
-    cmdline: str | None = None  # None: the kernel's, from /proc/cmdline
-    resolv_conf: Path = Path("/etc/resolv.conf")
 
 
 class BootHost(Host):
@@ -177,10 +168,14 @@ class Boot:
             return ""
 
     def load_config(self, oem_file: Path | None = None) -> str:
+        """Merge the layers; report the errors this stage has not reported already (the OEM
+        stage merges everything again, the command line's mistakes included)."""
+        reported = set(self.loaded.errors)
         self.loaded = boot_config.load(self.options.config_file, self._cmdline(), oem_file)
         sources = f"from {', '.join(self.loaded.sources)}"
-        if self.loaded.errors:
-            raise StageFailed("; ".join(self.loaded.errors), sources)
+        new = [e for e in self.loaded.errors if e not in reported]
+        if new:
+            raise StageFailed("; ".join(new), sources)
         return sources
 
     def load_modules(self) -> str:
@@ -198,7 +193,7 @@ class Boot:
             report.loaded += found.loaded
             report.failed.update(found.failed)
         if hardware["hotplug"] and self.hotplug is None:
-            self.hotplug = modules.Hotplug(self.module_index, self.console)
+            self.hotplug = modules.Hotplug(self.module_index, self._hotplug_report)
             self.hotplug.start()
         detail = f"loaded {len(report.loaded)}: {' '.join(report.loaded) or '-'}" + (
             "; hotplug on" if self.hotplug else ""
@@ -206,6 +201,12 @@ class Boot:
         if report.failed:
             raise StageFailed("; ".join(f"{m}: {why}" for m, why in report.failed.items()), detail)
         return detail
+
+    def _hotplug_report(self, line: str) -> None:
+        """A device that came after boot: on the console, and to whoever follows the events."""
+        self.console(line)
+        if self.daemon is not None:
+            self.daemon.events.emit("host", "hotplug", "", socket.gethostname(), message=line)
 
     def load_oem_config(self) -> str:
         try:
@@ -239,6 +240,12 @@ class Boot:
                 entry["mount"] = str(self.state_dir)
             try:
                 _, line = disks.prepare(entry)
+            except disks.DiskAbsent as err:
+                if entry.get("optional"):
+                    lines.append(f"{err} (optional)")
+                else:
+                    problems.append(f"disks[{i}]: {err}")
+                continue
             except (disks.DiskError, OSError) as err:
                 problems.append(f"disks[{i}]: {err}")
                 continue
@@ -276,13 +283,10 @@ class Boot:
         return "serving on " + ", ".join(self.daemon.endpoints)
 
     def start_fallback_api(self) -> str:
-        """The configured API could not start (a bad state disk, a port in use): serve from
-        memory on the local socket and the default port, so the host stays reachable."""
+        """The configured API could not start (a bad state disk, a port in use, no TLS): serve
+        the local socket from memory, so the console and the host's own pods still reach it."""
         self.config["state_dir"] = str(FALLBACK_STATE_DIR)
-        self.config["api"] = {
-            **boot_config.DEFAULTS["api"],
-            "tls_dir": self.config["api"].get("tls_dir", ""),
-        }
+        self.config["api"] = {**self.config["api"], "listen": ""}
         return self.start_api(FALLBACK_STATE_DIR)
 
     def import_images(self) -> str:

@@ -18,7 +18,8 @@ import yaml
 
 from kurmad.pods.supervisor import POLICIES, parse_volume
 
-DEFAULT_CONFIG_FILE = Path("/etc/kurma.yml")
+from .power import DEFAULT_CONFIG_FILE
+
 OEM_LABEL = "KURMA_OEM"
 OEM_FILE = "kurma.yml"
 
@@ -42,9 +43,19 @@ DEFAULTS: dict[str, Any] = {
     "initial_pods": [],
 }
 
-_DISK_KEYS = {"match", "format", "filesystem", "label", "grow", "mount", "state", "wait"}
+_DISK_KEYS = {
+    "match",
+    "format",
+    "filesystem",
+    "label",
+    "grow",
+    "mount",
+    "state",
+    "wait",
+    "optional",
+}
 _INTERFACE_KEYS = {"match", "dhcp", "address", "gateway", "mtu"}
-_POD_KEYS = {"name", "image", "exec", "env", "restart", "manifest", "volumes"}
+_POD_KEYS = {"name", "image", "exec", "env", "restart", "manifest", "volumes", "host_network"}
 
 
 class ConfigError(ValueError):
@@ -126,6 +137,9 @@ def _check_disks(value: Any) -> None:
             raise ConfigError(f"{path}.mount: must be an absolute path")
         if "wait" in disk:
             _expect(disk["wait"], (int, float), f"{path}.wait")
+        for flag in ("grow", "state", "optional"):
+            if flag in disk:
+                _expect(disk[flag], bool, f"{path}.{flag}")
 
 
 def _check_network(value: Any) -> None:

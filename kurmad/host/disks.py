@@ -20,6 +20,10 @@ class DiskError(Exception):
     pass
 
 
+class DiskAbsent(DiskError):
+    """No disk matches; an ``optional: true`` entry is then simply skipped."""
+
+
 @dataclass(frozen=True)
 class Disk:
     device: str
@@ -65,37 +69,44 @@ def probe(device: str) -> Disk:
 
 
 def find(match: dict[str, str], wait: float = 5.0) -> Disk:
-    """The disk a config entry names; waits a little for it to appear (udev-less boot)."""
+    """The disk a config entry names; waits a little for it to appear (udev-less boot). Its
+    absence is reported with what was seen instead."""
     deadline = time.monotonic() + wait
     while True:
-        found = _find_once(match)
+        found, seen = _find_once(match)
         if found is not None:
             return found
         if time.monotonic() >= deadline:
             what = ", ".join(f"{k}={v}" for k, v in match.items())
-            raise DiskError(f"no disk with {what}")
+            raise DiskAbsent(f"no disk with {what} (seen: {'; '.join(seen) or 'no disks'})")
         time.sleep(0.2)
 
 
-def _find_once(match: dict[str, str]) -> Disk | None:
+def _find_once(match: dict[str, str]) -> tuple[Disk | None, list[str]]:
     if "path" in match:
-        return probe(match["path"]) if os.path.exists(match["path"]) else None
+        return (probe(match["path"]) if os.path.exists(match["path"]) else None), []
+    seen = []
     for device in block_devices():
         try:
             disk = probe(device)
-        except DiskError:
+        except DiskError as err:
+            seen.append(str(err))
             continue
         if ("label" in match and disk.label == match["label"]) or (
             "uuid" in match and disk.uuid == match["uuid"]
         ):
-            return disk
-    return None
+            return disk, seen
+        seen.append(f"{device} {disk.fstype or 'empty'}{' ' + disk.label if disk.label else ''}")
+    return None, seen
 
 
 def prepare(entry: dict[str, Any]) -> tuple[Disk, str]:
     """Find, maybe format, mount and maybe grow the disk of one config entry; return the disk
     and a line for the boot report."""
-    disk = find(entry["match"], wait=float(entry.get("wait", 5.0)))
+    # Coldplug has loaded the drivers by now; a required disk still gets a moment to show up.
+    disk = find(
+        entry["match"], wait=float(entry.get("wait", 0.0 if entry.get("optional") else 5.0))
+    )
     done = []
     policy = entry.get("format", False)
     if policy == "force" or (policy is True and not disk.fstype):

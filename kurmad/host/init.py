@@ -21,22 +21,24 @@ import sys
 import time
 import traceback
 from dataclasses import asdict
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from kurmad.linux import syscalls as sc
 from kurmad.linux.proc import reap_all
 
 from . import mounts
-from .boot import EXIT_POWEROFF, EXIT_REBOOT, Boot, BootOptions, Serve
 from .info import BootStage
+from .power import ACTIONS, BootOptions
 from .stages import BootSequence, CriticalStageFailed
+
+if TYPE_CHECKING:
+    from .boot import Serve
 
 EARLY_STAGES_ENV = "KURMAD_EARLY_STAGES"  # the stages before a re-exec from the new root
 SHUTDOWN_TIMEOUT = 90.0  # for the daemon's orderly shutdown; then PID 1 goes on alone
 KILL_GRACE = 5.0  # between SIGTERM and SIGKILL to whatever is left at the very end
 MAX_RESTART_BACKOFF = 30.0
 _WATCHED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-_ACTIONS = {EXIT_POWEROFF: "poweroff", EXIT_REBOOT: "reboot"}
 
 
 def console(line: str) -> None:
@@ -48,6 +50,8 @@ def console(line: str) -> None:
 
 
 def main(options: BootOptions, serve: Serve) -> NoReturn:
+    # The kernel gives init no PATH; mkfs.ext4, blkid and the rest live in the sbin directories.
+    os.environ.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     sequence = BootSequence(console, _early_records())
     try:
         sequence.run("system mounts", _mount_system, critical=True)
@@ -158,8 +162,8 @@ class Init:
     def on_daemon_exit(self, status: int) -> None:
         self.daemon_pid = None
         code = os.waitstatus_to_exitcode(status)
-        if code in _ACTIONS:
-            self.action = self.action or _ACTIONS[code]
+        if code in ACTIONS:
+            self.action = self.action or ACTIONS[code]
             self.finalize()
         if self.action:
             console(
@@ -208,6 +212,8 @@ def _daemon_child(options: BootOptions, serve: Serve, early: list[BootStage]) ->
         signal.signal(signum, signal.SIG_DFL)
     code = 1
     try:
+        from .boot import Boot  # here, not in PID 1: gRPC and pyroute2 load in the daemon only
+
         code = Boot(options, serve, console, early).run()
     except BaseException:
         console("the daemon failed:\n" + traceback.format_exc())

@@ -178,13 +178,25 @@ def device_modaliases(sysfs: Path = Path("/sys/devices")) -> list[str]:
     return found
 
 
-def coldplug(index: ModuleIndex, sysfs: Path = Path("/sys/devices")) -> LoadReport:
-    wanted = []
-    for alias in device_modaliases(sysfs):
-        for module in index.match(alias):
-            if module not in wanted:
-                wanted.append(module)
-    return index.load_all(wanted)
+def coldplug(index: ModuleIndex, sysfs: Path = Path("/sys/devices"), rounds: int = 5) -> LoadReport:
+    """Load the drivers of every device present. Loading a bus driver (virtio_pci) makes the
+    devices on that bus appear, so look again until nothing new turns up."""
+    report = LoadReport()
+    seen_aliases: set[str] = set()
+    tried: set[str] = set()
+    for _ in range(rounds):
+        aliases = [a for a in device_modaliases(sysfs) if a not in seen_aliases]
+        seen_aliases.update(aliases)
+        wanted = []
+        for alias in aliases:
+            wanted += [m for m in index.match(alias) if m not in tried and m not in wanted]
+        if not wanted:
+            break
+        tried.update(wanted)
+        found = index.load_all(wanted)
+        report.loaded += found.loaded
+        report.failed.update(found.failed)
+    return report
 
 
 class Hotplug:

@@ -55,7 +55,8 @@ def mount_system(mounts: list[tuple[str, str, str, int, str | None]] = SYSTEM_MO
     """Mount what is missing; return what was mounted."""
     done = []
     for source, target, fstype, flags, data in mounts:
-        if fstype != "proc" and mounted(target):
+        present = _proc_is_ours() if fstype == "proc" else mounted(target)
+        if present:
             continue
         os.makedirs(target, exist_ok=True)
         try:
@@ -63,8 +64,18 @@ def mount_system(mounts: list[tuple[str, str, str, int, str | None]] = SYSTEM_MO
         except OSError as err:
             if err.errno != errno.EBUSY:
                 raise
+            continue
         done.append(target)
     return done
+
+
+def _proc_is_ours() -> bool:
+    """A /proc of this PID namespace: one inherited from the parent namespace shows other PIDs
+    (so /proc/self is not us)."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
 
 
 def mount_cgroups(version: str, root: str = "/sys/fs/cgroup") -> str:

@@ -40,6 +40,8 @@ from .model import InvalidPod
 
 # An app annotation (aci.md: annotations MAY affect the executor) asking for a terminal.
 TTY_ANNOTATION = "kurmad.io/tty"
+# A pod annotation: the pod shares the host's network namespace (system pods such as ntp).
+HOST_NETWORK_ANNOTATION = "kurmad.io/host-network"
 
 # ace.md §Execution Environment
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -69,6 +71,7 @@ class ResolvedPod:
     limits: Limits
     sysctls: dict[str, str]
     report: Report
+    host_network: bool = False
 
     @property
     def image_ids(self) -> set[ImageID]:
@@ -89,8 +92,24 @@ def resolve_pod(manifest: PodManifest, store: ImageStore) -> ResolvedPod:
     apps = [_resolve_app(manifest, runtime, store) for runtime in manifest.apps]
     for app in apps:
         sysctls.update(app.policy.sysctls)
+    host_network = _host_network(manifest, sysctls)
     reified = replace(manifest, apps=tuple(a.runtime for a in apps))
-    return ResolvedPod(reified, apps, limits, sysctls, report)
+    return ResolvedPod(reified, apps, limits, sysctls, report, host_network)
+
+
+def _host_network(manifest: PodManifest, sysctls: dict[str, str]) -> bool:
+    value = manifest.annotations.get(HOST_NETWORK_ANNOTATION)
+    if value not in (None, "true", "false"):
+        raise InvalidPod(
+            f"annotations: {HOST_NETWORK_ANNOTATION} must be true or false, not {value!r}"
+        )
+    shared = value == "true"
+    for key in sysctls if shared else ():
+        if key.startswith("net."):
+            raise InvalidPod(
+                f"isolators: sysctl {key} would change the host's network, which this pod shares"
+            )
+    return shared
 
 
 def _resolve_app(manifest: PodManifest, runtime: RuntimeApp, store: ImageStore) -> ResolvedApp:
@@ -292,6 +311,7 @@ class RunRequest:
     group: str = ""
     tty: bool = False
     app_name: str = ""
+    host_network: bool = False
 
 
 def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
@@ -325,4 +345,5 @@ def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
     annotations = Annotations({TTY_ANNOTATION: "true"} if run.tty else {})
     runtime = RuntimeApp(name=ACName(name), image=RuntimeImage(id=image.id, name=image.manifest.name), app=app,
                          mounts=mounts, annotations=annotations)  # fmt: skip
-    return PodManifest(apps=(runtime,), volumes=tuple(volumes))
+    pod_annotations = Annotations({HOST_NETWORK_ANNOTATION: "true"} if run.host_network else {})
+    return PodManifest(apps=(runtime,), volumes=tuple(volumes), annotations=pod_annotations)

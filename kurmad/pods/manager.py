@@ -254,7 +254,7 @@ class PodManager:
             record.started_at = time.time()
         try:
             spec = self._prepare(record)
-            pid = self._live_launcher().start_pod(self._dir(record.uuid))
+            pid = self._live_launcher().start_pod(self._dir(record.uuid), spec.host_network)
         except (PodError, LauncherError, CgroupError, OSError) as err:
             self._settle(record, PodState.FAILED, f"{err}")
             raise InvalidPod(f"pod {record.name} failed to start: {err}") from None
@@ -298,6 +298,7 @@ class PodManager:
             uuid=record.uuid, name=record.name, hostname=record.name, apps=apps,
             hosts=_HOSTS.format(hostname=record.name), resolv_conf="", sysctls=resolved.sysctls,
             limits=resolved.limits, cgroup_procs=self._make_cgroups(record.uuid, resolved.limits, apps),
+            host_network=resolved.host_network,
         )  # fmt: skip
         write_json_atomic(pod_dir / SPEC_FILE, spec.to_json())
         return spec

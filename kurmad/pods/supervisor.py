@@ -10,6 +10,7 @@ for a minute."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -162,10 +163,16 @@ class Supervisor:
     def _manifest(self, settings: dict[str, Any]) -> PodManifest:
         if "manifest" in settings:
             return PodManifest.from_json(settings["manifest"])
+        volumes = [parse_volume(v) for v in settings.get("volumes", [])]
+        for host_path, _, _ in volumes:
+            # The config is the machine owner's: a host directory it names may be made for it.
+            if not os.path.lexists(host_path):
+                os.makedirs(host_path, mode=0o700)
         run = RunRequest(
             image=settings["image"], exec=[str(a) for a in settings.get("exec", [])],
             env={str(k): str(v) for k, v in settings.get("env", {}).items()},
-            volumes=[parse_volume(v) for v in settings.get("volumes", [])],
+            volumes=volumes,
+            host_network=bool(settings.get("host_network", False)),
         )  # fmt: skip
         return manifest_for_run(self.manager.store, run)
 

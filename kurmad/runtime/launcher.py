@@ -123,7 +123,7 @@ def _reap_and_report(sock: socket.socket) -> None:
 def _handle(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
     try:
         if message["op"] == "start_pod":
-            pid = _fork_pod(sock, Path(message["pod_dir"]))
+            pid = _fork_pod(sock, Path(message["pod_dir"]), bool(message.get("host_network")))
         elif message["op"] == "enter":
             pid = _fork_enter(sock, message, fds)
         else:
@@ -144,8 +144,10 @@ def _in_child(sock: socket.socket) -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
-def _fork_pod(sock: socket.socket, pod_dir: Path) -> int:
-    pid = sc.fork_into_namespaces(POD_NAMESPACES)
+def _fork_pod(sock: socket.socket, pod_dir: Path, host_network: bool) -> int:
+    pid = sc.fork_into_namespaces(
+        POD_NAMESPACES & ~sc.CLONE_NEWNET if host_network else POD_NAMESPACES
+    )
     if pid == 0:
         code = 1
         try:
@@ -306,8 +308,10 @@ class Launcher:
             self._exits.setdefault(pid, (threading.Event(), []))
         return pid
 
-    def start_pod(self, pod_dir: Path) -> int:
-        return self._request({"op": "start_pod", "pod_dir": str(pod_dir)})
+    def start_pod(self, pod_dir: Path, host_network: bool = False) -> int:
+        return self._request(
+            {"op": "start_pod", "pod_dir": str(pod_dir), "host_network": host_network}
+        )
 
     def enter(
         self, target_pid: int, app: AppSpec, argv: list[str], *, env: dict[str, str],

@@ -108,6 +108,7 @@ class PodSpec:
     log_max_bytes: int = 10 * 2**20
     log_keep: int = 3
     stop_grace: float = 10.0
+    host_network: bool = False  # no network namespace of its own
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

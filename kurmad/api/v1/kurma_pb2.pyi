@@ -106,7 +106,7 @@ class VolumeMount(_message.Message):
     def __init__(self, host_path: _Optional[str] = ..., path: _Optional[str] = ..., read_only: _Optional[bool] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("image", "exec", "env", "volumes", "working_directory", "user", "group", "tty", "app_name")
+    __slots__ = ("image", "exec", "env", "volumes", "working_directory", "user", "group", "tty", "app_name", "host_network")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,7 @@ class RunSpec(_message.Message):
     GROUP_FIELD_NUMBER: _ClassVar[int]
     TTY_FIELD_NUMBER: _ClassVar[int]
     APP_NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_NETWORK_FIELD_NUMBER: _ClassVar[int]
     image: str
     exec: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
@@ -132,7 +133,8 @@ class RunSpec(_message.Message):
     group: str
     tty: bool
     app_name: str
-    def __init__(self, image: _Optional[str] = ..., exec: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., working_directory: _Optional[str] = ..., user: _Optional[str] = ..., group: _Optional[str] = ..., tty: _Optional[bool] = ..., app_name: _Optional[str] = ...) -> None: ...
+    host_network: bool
+    def __init__(self, image: _Optional[str] = ..., exec: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., working_directory: _Optional[str] = ..., user: _Optional[str] = ..., group: _Optional[str] = ..., tty: _Optional[bool] = ..., app_name: _Optional[str] = ..., host_network: _Optional[bool] = ...) -> None: ...
 
 class CreatePodRequest(_message.Message):
     __slots__ = ("manifest_json", "run", "name", "start", "no_wait")

@@ -1,0 +1,78 @@
+"""A VM booted into kurmad and driven from outside: boot stages, a pod, a reboot that keeps
+the data disk's images, and a poweroff that ends QEMU."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from vmkit import Booted, boot
+
+from kurmad.api.v1 import kurma_pb2 as pb
+
+SURVIVOR = "example.com/survivor"
+
+
+@pytest.fixture(scope="module")
+def vm(vm_factory: list[Booted], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
+    booted = boot(tmp_path_factory.mktemp("vm"), data=True)
+    vm_factory.append(booted)
+    booted.wait_booted()
+    yield booted
+
+
+def test_every_boot_stage_is_ok(vm: Booted) -> None:
+    result = vm.kurmactl("host", "info", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["mode"] == "boot"
+    failed = [s for s in info["boot_stages"] if not s["ok"]]
+    assert failed == [], vm.vm.console_text()[-4000:]
+    stages = {s["name"]: s.get("detail", "") for s in info["boot_stages"]}
+    assert "/run/kurma/oem/kurma.yml" in stages["oem-config"]  # the VM's own settings were read
+    assert "mounted on /var/lib/kurmad" in stages["disks"]  # state on the data disk
+    assert stages["network"].startswith("eth0: 10.0.2.15/24 via 10.0.2.2 (dhcp")
+    assert "kurma.io/console" in stages["images"] and "kurma.io/ntp" in stages["images"]
+
+
+def test_the_system_pods_run(vm: Booted) -> None:
+    with vm.client() as client:
+        pods = {p.name: p for p in client.pods()}
+    assert pods["console"].state == pb.POD_STATE_RUNNING
+    assert pods["ntp"].state == pb.POD_STATE_RUNNING
+    assert "login:" in vm.vm.console_text()  # the console pod's getty on the serial line
+
+
+def test_a_busybox_pod_runs_and_its_output_comes_back(vm: Booted) -> None:
+    result = vm.kurmactl("run", "--rm", "kurma.io/busybox", "--", "/bin/sh", "-c",
+                         "echo hello from $(hostname); exit 3")  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.startswith("hello from busybox-")  # the pod's own host name
+
+
+def test_an_image_on_the_data_disk_survives_a_reboot(vm: Booted, tmp_path: Path) -> None:
+    from tests.tarcraft import aci, file, image_manifest
+
+    image = tmp_path / "survivor.aci"
+    image.write_bytes(
+        aci(image_manifest(SURVIVOR, "1.0.0"), [file("survivor", "still here\n")], "gzip")
+    )
+    assert vm.kurmactl("image", "import", str(image)).returncode == 0
+    before = vm.info()
+    reboot = vm.kurmactl("host", "reboot")
+    assert reboot.returncode == 0, reboot.stderr
+    vm.wait_down()
+    after = vm.wait_booted(newer_than=before.uptime_seconds)
+    assert all(s.ok for s in after.boot_stages), [s for s in after.boot_stages if not s.ok]
+    listed = vm.kurmactl("image", "list", "-o", "json")
+    assert SURVIVOR in listed.stdout
+    assert "reboot requested" in vm.vm.console_text() or "reboot now" in vm.vm.console_text()
+
+
+def test_poweroff_ends_qemu_with_status_0(vm: Booted) -> None:
+    with vm.client() as client:
+        client.poweroff()
+    assert vm.vm.wait_exit(120) == 0
+    assert "poweroff now" in vm.vm.console_text()

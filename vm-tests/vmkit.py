@@ -1,0 +1,75 @@
+"""Booting the built initramfs in QEMU for the vm-tests, and reaching it as a user would:
+through the forwarded API port with the admin bundle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from initrd.kernel import fetch
+from initrd.vm import Vm, free_port, make_data_disk, make_oem_disk, make_tls
+from kurmad.api.v1 import kurma_pb2 as pb
+from kurmad.client import Client, KurmaError
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / "build"
+INITRAMFS = BUILD / "initramfs.cpio.zst"
+KURMACTL = [sys.executable, "-m", "kurmad.cli.kurmactl"]
+BOOT_TIMEOUT = 240.0  # TCG on a shared machine: generous, a hang still fails
+
+
+@dataclass
+class Booted:
+    vm: Vm
+    admin: Path
+    workdir: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.vm.port}"
+
+    def client(self, timeout: float = 60) -> Client:
+        return Client(self.address, self.admin, timeout=timeout)
+
+    def kurmactl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*KURMACTL, "--host", self.address, "--tls-dir", str(self.admin), *args],
+                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+    def info(self) -> pb.HostInfo:
+        with self.client(timeout=5) as client:
+            return client.info()
+
+    def wait_booted(self, newer_than: float | None = None) -> pb.HostInfo:
+        """Host.Info once every boot stage has run (and, after a reboot, from the new boot)."""
+
+        def finished() -> pb.HostInfo | None:
+            info = self.info()
+            done = any(s.name == "system-pods" for s in info.boot_stages)
+            fresh = newer_than is None or info.uptime_seconds < newer_than
+            return info if done and fresh else None
+
+        return self.vm.wait_for(finished, BOOT_TIMEOUT, "a booted kurmad")  # type: ignore[return-value]
+
+    def wait_down(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.info()
+            except KurmaError:
+                return
+            time.sleep(0.2)
+        raise TimeoutError("the API never went away")
+
+
+def boot(workdir: Path, *, data: bool, append: str = "") -> Booted:
+    workdir.mkdir(parents=True, exist_ok=True)
+    kernel = fetch(BUILD)
+    tls, admin = make_tls(workdir)
+    oem = make_oem_disk(workdir, tls, "kurma")
+    disks = [make_data_disk(workdir / "data.img", 512 * 2**20)] if data else []
+    vm = Vm(kernel.vmlinuz, INITRAMFS, free_port(), console=workdir / "console.log", oem=oem,
+            disks=disks, append=append, monitor=workdir / "monitor.sock")  # fmt: skip
+    return Booted(vm.start(), admin, workdir)
