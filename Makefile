@@ -9,7 +9,7 @@ APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzi
 # The peers the benchmarks measure against: installed by make bench, not by CI.
 BENCH_PACKAGES := crun runc podman
 
-.PHONY: deps setup lint test clean bench bench-deps bench-import bench-executor bench-api bench-boot proto initramfs vm
+.PHONY: deps setup lint test clean bench bench-deps bench-import bench-executor bench-api bench-boot bench-vm proto initramfs vm
 
 deps:
 	apt-get update -q
@@ -56,7 +56,7 @@ bench-deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 $(BENCH_PACKAGES)
 
-bench: bench-deps bench-import bench-executor bench-api bench-boot
+bench: bench-deps bench-import bench-executor bench-api bench-boot bench-vm
 
 bench-import: setup
 	$(PY) -m bench.import_bench
@@ -69,3 +69,6 @@ bench-api: setup
 
 bench-boot: setup
 	$(PY) -m bench.boot_bench
+
+bench-vm: initramfs
+	$(PY) -m bench.vm_boot_bench

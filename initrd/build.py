@@ -24,6 +24,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import zipfile
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
@@ -36,9 +37,10 @@ from .kernel import Kernel, fetch
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
-DIST_PACKAGES = (
-    "usr/lib/python3/dist-packages"  # on Debian's site path, so every helper finds kurmad
-)
+# On Debian's site path, so every helper process finds kurmad; the pure-Python packages
+# (kurmad too) are in one zip beside it, named by a .pth file there.
+DIST_PACKAGES = "usr/lib/python3/dist-packages"
+PACKAGES_ZIP = "usr/lib/python3/kurmad-packages.zip"
 # The drivers and filesystems a QEMU/KVM guest and the pods need; coldplug picks among them.
 MODULES = ["virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_rng",
            "overlay", "veth", "bridge", "ext4"]  # fmt: skip
@@ -66,6 +68,7 @@ the console and stay: PID 1 exiting is a kernel panic.\"\"\"
 import os
 import sys
 import time
+import zipfile
 import traceback
 
 try:
@@ -174,6 +177,32 @@ def copy_python_tree(
                     strip(copied)
 
 
+def zip_tree(directory: Path, archive: Path, members: list[Path]) -> None:
+    """Move ``members`` (files and trees under ``directory``) into a zip that Python imports
+    from: stored uncompressed (the initramfs is compressed as a whole), sorted, one date. One
+    file instead of thousands: cheaper to copy onto the tmpfs root, and fewer lookups at
+    every import."""
+    files = sorted(
+        f for m in members for f in ([m] if m.is_file() else m.rglob("*")) if f.is_file()
+    )
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as out:
+        for path in files:
+            info = zipfile.ZipInfo(
+                str(path.relative_to(directory)), date_time=(1980, 1, 1, 0, 0, 0)
+            )
+            info.external_attr = 0o644 << 16
+            out.writestr(info, path.read_bytes())
+    for member in members:
+        if member.is_dir():
+            shutil.rmtree(member)
+        else:
+            member.unlink()
+
+
+def has_extensions(path: Path) -> bool:
+    return path.is_dir() and any(path.rglob("*.so"))
+
+
 def strip(path: Path) -> None:
     subprocess.run(["strip", "--strip-unneeded", str(path)], check=True)
 
@@ -202,6 +231,11 @@ def add_python(root: Path) -> None:
             compile_to(
                 entry, target / entry.with_suffix(".pyc").name, f"/usr/lib/{version}/{entry.name}"
             )
+    # python3XY.zip is on the interpreter's default path, ahead of the directory; os.pyc stays
+    # a file too: the landmark by which Python finds its prefix.
+    archive = root / "usr/lib" / f"python{sys.version_info.major}{sys.version_info.minor}.zip"
+    zip_tree(target, archive, [m for m in sorted(target.iterdir()) if m.name != "lib-dynload"])
+    compile_to(stdlib / "os.py", target / "os.pyc", f"/usr/lib/{version}/os.py")
 
 
 def runtime_distributions(name: str = "kurmad") -> dict[str, metadata.Distribution]:
@@ -250,6 +284,11 @@ def add_packages(root: Path) -> list[str]:
             else:
                 strip(put_file(root, target / entry.name, entry))
         added.append(f"{key} {dist.version}")
+    pure = [m for m in sorted(target.iterdir()) if not has_extensions(m)]
+    zip_tree(target, root / PACKAGES_ZIP, pure)
+    put_text(
+        root, f"{DIST_PACKAGES}/kurmad-packages.pth", f"/{PACKAGES_ZIP}\n"
+    )  # site adds it to the path
     put_text(root, "init", INIT, 0o755)
     return added
 

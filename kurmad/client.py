@@ -191,6 +191,9 @@ def _channel(target: str, tls_dir: Path | None, insecure: bool) -> grpc.Channel:
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", 64 * 2**20),
         ("grpc.max_send_message_length", 64 * 2**20),
+        # A Client is one connection: it does not inherit another Client's reconnect backoff
+        # (which would keep a script polling a rebooting host waiting for seconds more).
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if target.startswith("unix:") or insecure:
         return grpc.insecure_channel(target, options=options)

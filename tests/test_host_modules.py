@@ -356,7 +356,19 @@ def sysfs(tmp_path: Path) -> Path:
         (devices / rel / "modalias").write_text(alias + "\n" if alias else alias)
     (devices / "system" / "cpu" / "cpu0").mkdir(parents=True)
     (devices / "system" / "cpu" / "cpu0" / "online").write_text("1\n")
-    return devices
+    for rel in aliases:
+        on_bus(tmp_path / "sys", devices / rel)
+    return tmp_path / "sys"
+
+
+def on_bus(sysfs: Path, device: Path) -> None:
+    """The kernel's /sys/bus/<bus>/devices/<name> link to a device (pci, virtio or platform)."""
+    name = device.name
+    bus = (
+        "virtio" if name.startswith("virtio") else "pci" if name.startswith("0000:") else "platform"
+    )
+    (sysfs / "bus" / bus / "devices").mkdir(parents=True, exist_ok=True)
+    (sysfs / "bus" / bus / "devices" / name).symlink_to(device)
 
 
 def test_device_modaliases_skips_empty_files(sysfs: Path) -> None:
@@ -505,18 +517,20 @@ def test_coldplug_looks_again_when_a_bus_driver_brings_devices(
     index: ModuleIndex, kernel: Kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The virtio devices only appear once virtio_pci is loaded: a second look finds them."""
-    devices = tmp_path / "devices"
-    (devices / "pci0").mkdir(parents=True)
-    (devices / "pci0" / "modalias").write_text(VIRTIO_NET_PCI + "\n")
+    devices = tmp_path / "sys" / "devices"
+    (devices / "0000:00:03.0").mkdir(parents=True)
+    (devices / "0000:00:03.0" / "modalias").write_text(VIRTIO_NET_PCI + "\n")
+    on_bus(tmp_path / "sys", devices / "0000:00:03.0")
     insert = kernel.init_module
 
     def probing_insert(image: bytes, params: str = "") -> None:
         insert(image, params)
         if image == elf("virtio_pci"):
-            (devices / "pci0" / "virtio0").mkdir()
-            (devices / "pci0" / "virtio0" / "modalias").write_text(VIRTIO_NET + "\n")
+            (devices / "0000:00:03.0" / "virtio0").mkdir()
+            (devices / "0000:00:03.0" / "virtio0" / "modalias").write_text(VIRTIO_NET + "\n")
+            on_bus(tmp_path / "sys", devices / "0000:00:03.0" / "virtio0")
 
     monkeypatch.setattr(kurmad.linux.syscalls, "init_module", probing_insert)
-    report = coldplug(index, devices)
+    report = coldplug(index, tmp_path / "sys")
     assert "virtio_pci" in report.loaded and "virtio_net" in report.loaded
     assert kernel.names().index("virtio_pci") < kernel.names().index("virtio_net")

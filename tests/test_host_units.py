@@ -13,7 +13,7 @@ from kurmad.host.info import BootStage
 from kurmad.host.mounts import fstype_at
 from kurmad.host.stages import BootSequence, CriticalStageFailed, StageFailed
 from kurmad.pods.model import AppStatus, Pod, PodState
-from kurmad.pods.supervisor import (
+from kurmad.pods.restart import (
     FIRST_BACKOFF,
     HEALTHY_RUN,
     MAX_BACKOFF,

@@ -42,7 +42,8 @@ def test_the_system_pods_run(vm: Booted) -> None:
         pods = {p.name: p for p in client.pods()}
     assert pods["console"].state == pb.POD_STATE_RUNNING
     assert pods["ntp"].state == pb.POD_STATE_RUNNING
-    assert "login:" in vm.vm.console_text()  # the console pod's getty on the serial line
+    # the console pod's getty on the serial line
+    vm.vm.wait_for(lambda: "login:" in vm.vm.console_text(), 60, "a login prompt")
 
 
 def test_a_busybox_pod_runs_and_its_output_comes_back(vm: Booted) -> None:

@@ -85,6 +85,7 @@ def host_info(info: HostInfo, pods: int, images: int) -> pb.HostInfo:
         mode=info.mode,
         os=info.os,
         arch=info.arch,
+        time=info.time,
         pods=pods,
         images=images,
         boot_stages=[

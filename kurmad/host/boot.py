@@ -20,14 +20,9 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from kurmad.images.store import ImageStore
 from kurmad.linux import syscalls as sc
-from kurmad.net.host import HostNetwork
-from kurmad.pods.events import EventBus
-from kurmad.pods.manager import PodManager
-from kurmad.pods.supervisor import Supervisor
 
 from . import config as boot_config
 from . import disks, modules, mounts
@@ -35,6 +30,13 @@ from .control import Host
 from .info import BootStage
 from .power import EXIT_CODES, BootOptions
 from .stages import BootSequence, StageFailed
+
+if TYPE_CHECKING:  # heavy (pyroute2, the pod manager): imported where they are used
+    from kurmad.images.store import ImageStore
+    from kurmad.net.host import HostNetwork
+    from kurmad.pods.events import EventBus
+    from kurmad.pods.manager import PodManager
+    from kurmad.pods.supervisor import Supervisor
 
 SHUTDOWN_GRACE = 10.0
 OEM_MOUNT = Path("/run/kurma/oem")
@@ -266,6 +268,8 @@ class Boot:
     def configure_network(self) -> str:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.network is None:
+            from kurmad.net.host import HostNetwork
+
             self.network = HostNetwork(self.state_dir, self.options.resolv_conf)
         return self.network.configure(self.config["network"], self.config["hostname"])
 
@@ -320,6 +324,8 @@ class Boot:
         entries = self.config["initial_pods"]
         if not entries:
             return "none configured"
+        from kurmad.pods.supervisor import Supervisor
+
         self.supervisor = Supervisor(self.daemon.manager, entries, self.daemon.events, self.console)
         self.supervisor.start()
         status = self.supervisor.wait_first_start(timeout=60)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from kurmad.pods.supervisor import POLICIES, parse_volume
+from kurmad.pods.restart import POLICIES, parse_volume
 
 from .power import DEFAULT_CONFIG_FILE
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kurmad import __version__
-from kurmad.appc import host_os_arch
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,7 @@ class HostInfo:
     os: str
     arch: str
     boot_stages: list[BootStage] = field(default_factory=list)
+    time: float = 0.0  # the host's clock when this was taken
 
 
 def meminfo() -> dict[str, int]:
@@ -63,6 +63,8 @@ def uptime() -> float:
 
 
 def describe(mode: str, boot_stages: list[BootStage] | None = None) -> HostInfo:
+    from kurmad.appc import host_os_arch  # here: PID 1 imports this module and must stay light
+
     memory = meminfo()
     os_name, arch = host_os_arch()
     return HostInfo(
@@ -78,4 +80,5 @@ def describe(mode: str, boot_stages: list[BootStage] | None = None) -> HostInfo:
         os=os_name,
         arch=arch,
         boot_stages=list(boot_stages or []),
+        time=time.time(),
     )

@@ -14,13 +14,11 @@ sleeps, reaping, forever."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict
 from typing import TYPE_CHECKING, NoReturn
 
 from kurmad.linux import syscalls as sc
@@ -34,7 +32,6 @@ from .stages import BootSequence, CriticalStageFailed
 if TYPE_CHECKING:
     from .boot import Serve
 
-EARLY_STAGES_ENV = "KURMAD_EARLY_STAGES"  # the stages before a re-exec from the new root
 SHUTDOWN_TIMEOUT = 90.0  # for the daemon's orderly shutdown; then PID 1 goes on alone
 KILL_GRACE = 5.0  # between SIGTERM and SIGKILL to whatever is left at the very end
 MAX_RESTART_BACKOFF = 30.0
@@ -52,15 +49,13 @@ def console(line: str) -> None:
 def main(options: BootOptions, serve: Serve) -> NoReturn:
     # The kernel gives init no PATH; mkfs.ext4, blkid and the rest live in the sbin directories.
     os.environ.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    sequence = BootSequence(console, _early_records())
+    sequence = BootSequence(console)
     try:
         sequence.run("system mounts", _mount_system, critical=True)
     except CriticalStageFailed as err:
         halt_forever(f"cannot go on: {err}")
     if mounts.root_is_initramfs():
         sequence.run("leave initramfs", _leave_initramfs)
-        if not mounts.root_is_initramfs():
-            _reexec(sequence.records)
     sequence.run("ctrl-alt-del", _route_ctrl_alt_del)
     Init(options, serve, sequence.records).run()
 
@@ -71,8 +66,8 @@ def _mount_system() -> str:
 
 
 def _leave_initramfs() -> str:
-    mounts.move_root_to_tmpfs()
-    return "the initramfs root cannot be pivot_root'ed away from: moved it onto a tmpfs"
+    carried = mounts.move_root_to_tmpfs()
+    return f"pods need pivot_root, which the initramfs refuses: a tmpfs root with its {carried} entries bound on"
 
 
 def _route_ctrl_alt_del() -> str:
@@ -83,23 +78,6 @@ def _route_ctrl_alt_del() -> str:
             raise
         return "not the initial PID namespace: the kernel keeps ctrl-alt-del"
     return "ctrl-alt-del sends SIGINT: an orderly reboot"
-
-
-def _early_records() -> list[BootStage]:
-    text = os.environ.pop(EARLY_STAGES_ENV, "")
-    try:
-        return [BootStage(**r) for r in json.loads(text)] if text else []
-    except (ValueError, TypeError):
-        return []
-
-
-def _reexec(records: list[BootStage]) -> NoReturn:
-    """Run again from the tmpfs root, carrying the stages so far."""
-    os.environ[EARLY_STAGES_ENV] = json.dumps([asdict(r) for r in records])
-    try:
-        os.execv(sys.executable, sys.orig_argv)
-    except OSError as err:
-        halt_forever(f"cannot run {sys.executable} from the new root: {err}")
 
 
 class Init:

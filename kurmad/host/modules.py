@@ -164,13 +164,14 @@ def _insert(path: Path) -> None:
         raise ModuleError(f"{path.name}: {err.strerror}") from None
 
 
-def device_modaliases(sysfs: Path = Path("/sys/devices")) -> list[str]:
-    """The modalias of every device the kernel knows."""
+def device_modaliases(sysfs: Path = Path("/sys")) -> list[str]:
+    """The modalias of every device on every bus, as udev's coldplug finds them: through
+    /sys/bus/*/devices, not by walking all of /sys/devices (ten times slower, and it counts)."""
     found = []
-    for current, _, files in os.walk(sysfs):
-        if "modalias" in files:
+    for bus in sorted((sysfs / "bus").glob("*/devices")):
+        for device in sorted(bus.iterdir()):
             try:
-                alias = Path(current, "modalias").read_text().strip()
+                alias = (device / "modalias").read_text().strip()
             except OSError:
                 continue
             if alias:
@@ -178,7 +179,7 @@ def device_modaliases(sysfs: Path = Path("/sys/devices")) -> list[str]:
     return found
 
 
-def coldplug(index: ModuleIndex, sysfs: Path = Path("/sys/devices"), rounds: int = 5) -> LoadReport:
+def coldplug(index: ModuleIndex, sysfs: Path = Path("/sys"), rounds: int = 5) -> LoadReport:
     """Load the drivers of every device present. Loading a bus driver (virtio_pci) makes the
     devices on that bus appear, so look again until nothing new turns up."""
     report = LoadReport()

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
-import shutil
-from pathlib import Path
+import stat
 
 from kurmad.linux import syscalls as sc
-from kurmad.linux.files import remove_tree
 
 RAMFS_MAGIC = 0x858458F6
 TMPFS_MAGIC = 0x01021994
@@ -123,33 +120,40 @@ def root_is_initramfs() -> bool:
     return fstype_at("/") in ("rootfs", "ramfs")
 
 
-def move_root_to_tmpfs(new_root: str = "/.kurma-root") -> None:
-    """What switch_root does: copy the initramfs into a tmpfs, free the initramfs, and make the
-    tmpfs the root. The caller then execs itself again from the new root."""
+def move_root_to_tmpfs(new_root: str = "/.kurma-root") -> int:
+    """Put a tmpfs under everything and make it the root: pivot_root refuses the initramfs
+    (rootfs has no parent mount), and every pod needs pivot_root. Unlike switch_root, nothing
+    is copied: each top-level directory of the initramfs is bind-mounted onto the tmpfs, so the
+    same files (the very ones this process runs from) stay in place, and no re-exec is needed.
+    Returns how many entries were carried over."""
     os.makedirs(new_root, exist_ok=True)
     sc.mount("tmpfs", new_root, "tmpfs", 0, "mode=0755")
-    skip = {new_root.lstrip("/"), "proc", "sys", "dev", "run"}
-    for entry in os.listdir("/"):
-        if entry in skip:
-            os.makedirs(os.path.join(new_root, entry), exist_ok=True)
+    moved = ("proc", "sys", "dev", "run")
+    present = {entry for entry in moved if mounted("/" + entry)}  # before /proc moves away
+    carried = 0
+    for entry in sorted(os.listdir("/"), key=lambda e: e == "proc"):  # /proc last
+        source, target = os.path.join("/", entry), os.path.join(new_root, entry)
+        if entry == new_root.lstrip("/"):
             continue
-        source = os.path.join("/", entry)
-        target = os.path.join(new_root, entry)
-        if os.path.islink(source) or not os.path.isdir(source):
-            shutil.copy2(source, target, follow_symlinks=False)
+        if entry in moved:
+            os.makedirs(target, exist_ok=True)
+            if entry in present:
+                sc.mount(source, target, None, sc.MS_MOVE)
+            continue
+        if os.path.islink(source):
+            os.symlink(os.readlink(source), target)
         else:
-            shutil.copytree(source, target, symlinks=True)
-    for mountpoint in ("/proc", "/sys", "/dev", "/run"):
-        if mounted(mountpoint):
-            sc.mount(mountpoint, os.path.join(new_root, mountpoint.lstrip("/")), None, sc.MS_MOVE)
-    for entry in os.listdir("/"):
-        if entry not in skip:
-            with contextlib.suppress(OSError):
-                remove_tree(Path("/", entry))  # free the initramfs' memory
+            if os.path.isdir(source):
+                os.mkdir(target, stat.S_IMODE(os.lstat(source).st_mode))
+            else:
+                open(target, "x").close()
+            sc.mount(source, target, None, sc.MS_BIND | sc.MS_REC)
+        carried += 1
     os.chdir(new_root)
     sc.mount(new_root, "/", None, sc.MS_MOVE)
     os.chroot(".")
     os.chdir("/")
+    return carried
 
 
 def unmount_all(keep: tuple[str, ...] = ("/", "/proc", "/sys", "/dev", "/run")) -> list[str]:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import os
 import signal
 import socket
 import struct
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# glibc by its soname: ctypes.util.find_library would run ldconfig at every start, PID 1's too.
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _pythonapi = ctypes.pythonapi
 
 _libc.mount.argtypes = [

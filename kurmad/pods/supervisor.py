@@ -23,11 +23,7 @@ from .builder import RunRequest, manifest_for_run
 from .events import EventBus
 from .manager import PodManager
 from .model import Pod, PodError, PodNotFound, PodState
-
-FIRST_BACKOFF = 1.0
-MAX_BACKOFF = 60.0
-HEALTHY_RUN = 60.0
-POLICIES = ("always", "on-failure", "never")
+from .restart import parse_volume, restart_delay, should_restart
 
 
 @dataclass
@@ -45,32 +41,6 @@ class SupervisedPod:
     @classmethod
     def from_config(cls, entry: dict[str, Any]) -> SupervisedPod:
         return cls(entry["name"], entry.get("restart", "always"), entry)
-
-
-def should_restart(policy: str, pod: Pod) -> bool:
-    """Whether a pod that has ended comes back under ``policy``."""
-    if pod.state == PodState.STOPPED or policy == "never":
-        return False  # stopped on purpose, by an operator or by shutdown
-    if policy == "always":
-        return True
-    return pod.state == PodState.FAILED or any(
-        (app.exit_code is not None and app.exit_code != 0) or app.signal for app in pod.apps
-    )
-
-
-def restart_delay(previous: float | None, ran_for: float) -> float:
-    """1 s, doubling with each quick end up to 60 s; 1 s again once a pod ran a minute."""
-    if previous is None or ran_for >= HEALTHY_RUN:
-        return FIRST_BACKOFF
-    return min(previous * 2, MAX_BACKOFF)
-
-
-def parse_volume(text: str) -> tuple[str, str, bool]:
-    """``HOST:PATH[:ro]``, as kurmactl run -v takes it."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-        raise ValueError(f"volume {text!r}: expected HOST:PATH[:ro]")
-    return parts[0], parts[1], len(parts) == 3 and parts[2] == "ro"
 
 
 class Supervisor:

@@ -243,10 +243,10 @@ class Launcher:
         self._replies: dict[int, tuple[threading.Event, dict[str, Any]]] = {}
         self._exits: dict[int, tuple[threading.Event, list[int]]] = {}
         self._exit_listeners: list[Any] = []
-        ready, _ = _receive(self._sock)
-        if not ready or ready.get("event") != "ready":
-            raise LauncherError("the launcher did not start")
-        self.pid = int(ready["pid"])
+        # The new interpreter's start and imports run alongside the daemon's own start: only a
+        # first request waits for its "ready" (a boot's API comes up that much sooner).
+        self._ready = threading.Event()
+        self.pid = self._process.pid
         self._reader = threading.Thread(target=self._read_loop, name="launcher-events", daemon=True)
         self._reader.start()
 
@@ -264,8 +264,11 @@ class Launcher:
                 os.close(fd)
             if message is None:
                 self._fail_pending()
+                self._ready.set()  # a request then learns that the launcher is gone
                 return
-            if message.get("event") == "exit":
+            if message.get("event") == "ready":
+                self._ready.set()
+            elif message.get("event") == "exit":
                 self._record_exit(int(message["pid"]), int(message["status"]))
             elif "id" in message:
                 with self._lock:
@@ -289,6 +292,8 @@ class Launcher:
                 event.set()
 
     def _request(self, message: dict[str, Any], fds: list[int] | None = None) -> int:
+        if not self._ready.wait(60) or self._process.poll() is not None:
+            raise LauncherError("the launcher did not start")
         request_id = next(self._ids)
         event: threading.Event = threading.Event()
         reply: dict[str, Any] = {}

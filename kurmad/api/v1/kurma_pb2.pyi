@@ -377,7 +377,7 @@ class HostInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HostInfo(_message.Message):
-    __slots__ = ("hostname", "kernel", "cpus", "memory_total", "memory_available", "uptime_seconds", "kurmad_version", "python_version", "mode", "boot_stages", "pods", "images", "os", "arch")
+    __slots__ = ("hostname", "kernel", "cpus", "memory_total", "memory_available", "uptime_seconds", "kurmad_version", "python_version", "mode", "boot_stages", "pods", "images", "os", "arch", "time")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     KERNEL_FIELD_NUMBER: _ClassVar[int]
     CPUS_FIELD_NUMBER: _ClassVar[int]
@@ -392,6 +392,7 @@ class HostInfo(_message.Message):
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     kernel: str
     cpus: int
@@ -406,7 +407,8 @@ class HostInfo(_message.Message):
     images: int
     os: str
     arch: str
-    def __init__(self, hostname: _Optional[str] = ..., kernel: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_total: _Optional[int] = ..., memory_available: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., kurmad_version: _Optional[str] = ..., python_version: _Optional[str] = ..., mode: _Optional[str] = ..., boot_stages: _Optional[_Iterable[_Union[BootStage, _Mapping]]] = ..., pods: _Optional[int] = ..., images: _Optional[int] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ...) -> None: ...
+    time: float
+    def __init__(self, hostname: _Optional[str] = ..., kernel: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_total: _Optional[int] = ..., memory_available: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., kurmad_version: _Optional[str] = ..., python_version: _Optional[str] = ..., mode: _Optional[str] = ..., boot_stages: _Optional[_Iterable[_Union[BootStage, _Mapping]]] = ..., pods: _Optional[int] = ..., images: _Optional[int] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
 
 class EventsRequest(_message.Message):
     __slots__ = ()
