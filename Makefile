@@ -5,11 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the build, the tests and the benchmarks need on a fresh Debian 12 machine.
 APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzip util-linux openssl \
-	e2fsprogs dnsmasq-base qemu-system-x86 kmod binutils dropbear-bin libudev1
+	e2fsprogs dnsmasq-base qemu-system-x86 kmod binutils dropbear-bin libudev1 \
+	nftables containernetworking-plugins
 # The peers the benchmarks measure against: installed by make bench, not by CI.
 BENCH_PACKAGES := crun runc podman
 
-.PHONY: deps setup lint test clean bench bench-deps bench-import bench-executor bench-api bench-boot bench-vm proto initramfs vm
+.PHONY: deps setup lint test clean bench bench-deps bench-import bench-executor bench-api bench-boot bench-vm bench-net proto initramfs vm
 
 deps:
 	apt-get update -q
@@ -56,7 +57,7 @@ bench-deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 $(BENCH_PACKAGES)
 
-bench: bench-deps bench-import bench-executor bench-api bench-boot bench-vm
+bench: bench-deps bench-import bench-executor bench-api bench-boot bench-vm bench-net
 
 bench-import: setup
 	$(PY) -m bench.import_bench
@@ -72,3 +73,6 @@ bench-boot: setup
 
 bench-vm: initramfs
 	$(PY) -m bench.vm_boot_bench
+
+bench-net: setup
+	$(PY) -m bench.net_bench

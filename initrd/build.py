@@ -41,11 +41,12 @@ REPO = HERE.parent
 # (kurmad too) are in one zip beside it, named by a .pth file there.
 DIST_PACKAGES = "usr/lib/python3/dist-packages"
 PACKAGES_ZIP = "usr/lib/python3/kurmad-packages.zip"
-# The drivers and filesystems a QEMU/KVM guest and the pods need; coldplug picks among them.
-MODULES = ["virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_rng",
-           "overlay", "veth", "bridge", "ext4"]  # fmt: skip
+# The drivers and filesystems a QEMU/KVM guest and the pods need (nftables for their networks);
+# coldplug picks the drivers among them.
+MODULES = ["virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_rng", "overlay",
+           "veth", "bridge", "ext4", "nf_tables", "nft_chain_nat", "nft_nat", "nft_masq", "nft_fib_inet"]  # fmt: skip
 PROGRAMS = ["/usr/sbin/mke2fs", "/usr/sbin/e2fsck", "/usr/sbin/resize2fs", "/usr/sbin/blkid",
-            "/usr/bin/openssl", "/usr/sbin/ldconfig"]  # fmt: skip
+            "/usr/bin/openssl", "/usr/sbin/ldconfig", "/usr/sbin/nft"]  # fmt: skip
 PROGRAM_LINKS = {"usr/sbin/mkfs.ext4": "mke2fs", "usr/lib/ssl/openssl.cnf": "/etc/ssl/openssl.cnf"}
 ETC_FILES = ["/etc/mke2fs.conf", "/etc/ld.so.conf", "/etc/ld.so.conf.d/x86_64-linux-gnu.conf",
              "/etc/ssl/openssl.cnf"]  # fmt: skip
@@ -56,8 +57,11 @@ CTYPES_LIBRARIES = ["/lib/x86_64-linux-gnu/libudev.so.1"]
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
                "distutils", "venv", "curses", "dbm", "turtle.py", "pydoc.py",
                "site-packages", "dist-packages"}  # fmt: skip
+# Extension modules left out as well: the tests', the GUIs', the CJK codecs, the interactive
+# line editor, and _decimal (the decimal module falls back to its pure-Python version).
 DYNLOAD_SKIP = re.compile(
-    r"^(_tkinter|_curses|_dbm|_gdbm|_test|xxlimited|_xxtest|_ctypes_test|audioop|nis|ossaudiodev|_testcapi|_testbuffer|_testinternalcapi|_testimportmultiple|_testmultiphase|_testclinic)"
+    r"^(_tkinter|_curses|_dbm|_gdbm|_test|xxlimited|_xxtest|_ctypes_test|audioop|nis|ossaudiodev|"
+    r"_codecs_(jp|hk|cn|kr|tw|iso2022)|_multibytecodec|_decimal|_xxsubinterpreters|readline)"
 )
 PACKAGE_SKIP = re.compile(
     r"(/__pycache__/|/tests?/|\.pyi$|/py\.typed$|zstandard/_cffi\.|zstandard/backend_cffi\.py$)"

@@ -133,6 +133,7 @@ class Vm:
     memory_mib: int = 1024
     cpus: int = 2
     monitor: Path | None = None
+    forwards: dict[int, int] = field(default_factory=dict)  # more host ports → guest ports
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
 
@@ -142,7 +143,8 @@ class Vm:
                 "-serial", f"file:{self.console}" if self.console else "mon:stdio",
                 "-kernel", str(self.kernel), "-initrd", str(self.initramfs),
                 "-append", f"{BASE_APPEND} {self.append}".strip(),
-                "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:{API_PORT}",
+                "-netdev", "user,id=net0" + "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in
+                                                    {self.port: API_PORT, **self.forwards}.items()),
                 "-device", "virtio-net-pci,netdev=net0,romfile="]  # fmt: skip
         if self.oem is not None:
             argv += ["-drive", f"if=none,id=oem,file={self.oem},format=raw,readonly=on",

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kurmad import __version__
 
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cgroup-parent", default="kurmad", help="absolute, or under kurmad's own cgroup"
     )
     serve.add_argument("--image-quota", type=int, help="bytes the image store may use")
+    serve.add_argument("--network-config", type=Path, metavar="FILE",
+                       help="pod networks (YAML: a list of networks, or networks: and default:)")  # fmt: skip
     serve.set_defaults(func=_serve)
 
     certs = verbs.add_parser("certs", help="client certificates for TCP access")
@@ -92,7 +94,8 @@ def _serve_booted_host(settings: ApiSettings, host: Host) -> Daemon:
     from kurmad.api.server import Daemon, ServeConfig
 
     config = ServeConfig(state_dir=settings.state_dir, listen=settings.listen, insecure=settings.insecure,
-                         tls_dir=settings.tls_dir, cgroup_parent=settings.cgroup_parent)  # fmt: skip
+                         tls_dir=settings.tls_dir, cgroup_parent=settings.cgroup_parent,
+                         networks=settings.networks)  # fmt: skip
     return Daemon(config, host)
 
 
@@ -110,13 +113,36 @@ def _config_validate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from kurmad.api.server import Daemon, ServeConfig
 
+    networks, default = _network_config(args.network_config)
     config = ServeConfig(
         state_dir=args.state_dir, listen=args.listen, insecure=args.insecure, socket=args.socket,
-        cgroup_parent=args.cgroup_parent, image_quota=args.image_quota,
+        cgroup_parent=args.cgroup_parent, image_quota=args.image_quota, networks=tuple(networks),
+        default_network=default,
     )  # fmt: skip
     daemon = Daemon(config)
     daemon.run_until_signalled()
     return 0
+
+
+def _network_config(path: Path | None) -> tuple[list[dict[str, Any]], str | None]:
+    """The pod networks of a ``--network-config`` file, checked (ValueError names the fault)."""
+    if path is None:
+        return [], None
+    import yaml
+
+    from kurmad.net.config import NetworkError, check_network_configs
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    networks, default = (data, None) if isinstance(data, list) else (
+        (data or {}).get("networks", []), (data or {}).get("default"))  # fmt: skip
+    try:
+        check_network_configs(networks)
+    except NetworkError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return networks, default
 
 
 def _certs_client(args: argparse.Namespace) -> int:

@@ -14,11 +14,13 @@ from kurmad.client import Client, KurmaError
 
 
 class ServeProcess:
-    def __init__(self, state: Path, *extra: str, cgroup_parent: str | None = None) -> None:
+    def __init__(self, state: Path, *extra: str, cgroup_parent: str | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.state = state
         self.log = state.parent / f"{state.name}.log"
         self.extra = extra
         self.cgroup_parent = cgroup_parent or f"/kurmad-test-{os.getpid()}-api"
+        self.prefix = prefix  # e.g. nsenter --net=...: the daemon in a namespace of the test's
         self.process: subprocess.Popen[bytes] | None = None
         self.tcp: str | None = None
 
@@ -32,6 +34,7 @@ class ServeProcess:
         offset = log.tell()  # a restart reads only what the new process writes
         self.process = subprocess.Popen(
             [
+                *self.prefix,
                 sys.executable,
                 "-m",
                 "kurmad",

@@ -332,7 +332,7 @@ def test_unknown_top_level_key_names_it_and_the_known_ones(tmp_path: Path) -> No
     path = write(tmp_path, "kurma.yml", "hostnmae: x\nhostname: good\n")
     assert validate_file(path) == [f"{path}: hostnmae: unknown key (known: {KNOWN_TOP})"]
     assert "api, " in KNOWN_TOP
-    assert "hostname, images, initial_pods, modules, network, state_dir" in KNOWN_TOP
+    assert "hostname, images, initial_pods, modules, network, pod_networks, state_dir" in KNOWN_TOP
 
 
 def test_wrong_typed_sections_fall_back_and_the_rest_applies(tmp_path: Path) -> None:
@@ -696,3 +696,14 @@ def test_initial_pod_names_are_unique() -> None:
         "f.yml",
     )
     assert "initial_pods[1].name: 'a' is given twice" in config.errors[0]
+
+
+def test_pod_networks_are_checked(tmp_path: Path) -> None:
+    problem = only_problem(
+        tmp_path,
+        "pod_networks: [{name: a, subnet: 10.1.0.0/16}, {name: b, subnet: 10.1.2.0/24}]\n",
+    )
+    assert (
+        "pod_networks: network b: subnet 10.1.2.0/24 overlaps 10.1.0.0/16 of network a" in problem
+    )
+    assert "a name is needed" in only_problem(tmp_path, "pod_networks: [{subnet: 10.2.0.0/16}]\n")

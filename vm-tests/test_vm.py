@@ -4,11 +4,12 @@ the data disk's images, and a poweroff that ends QEMU."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmkit import Booted, boot
+from vmkit import WEB_PORT, Booted, boot
 
 from kurmad.api.v1 import kurma_pb2 as pb
 
@@ -51,6 +52,22 @@ def test_a_busybox_pod_runs_and_its_output_comes_back(vm: Booted) -> None:
                          "echo hello from $(hostname); exit 3")  # fmt: skip
     assert result.returncode == 3, result.stderr
     assert result.stdout.startswith("hello from busybox-")  # the pod's own host name
+
+
+def test_a_published_port_reaches_a_pod_on_the_bridge(vm: Booted) -> None:
+    started = vm.kurmactl("run", "-d", "--name", "web", "-p", f"{WEB_PORT}:80", "kurma.io/busybox", "--",
+                          "/bin/sh", "-c", "mkdir /www; echo hello from a pod > /www/index.html; exec httpd -f -p 80 -h /www")  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    host_port = next(h for h, g in vm.vm.forwards.items() if g == WEB_PORT)
+    url = f"http://127.0.0.1:{host_port}/index.html"
+    body = vm.vm.wait_for(
+        lambda: urllib.request.urlopen(url, timeout=5).read(), 60, "the pod's web server"
+    )
+    assert body == b"hello from a pod\n"
+    with vm.client() as client:
+        (network,) = client.get("web").networks
+    assert network.name == "kurma0" and network.address.startswith("10.222.")
+    assert vm.kurmactl("rm", "-f", "web").returncode == 0
 
 
 def test_an_image_on_the_data_disk_survives_a_reboot(vm: Booted, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build"
 INITRAMFS = BUILD / "initramfs.cpio.zst"
 KURMACTL = [sys.executable, "-m", "kurmad.cli.kurmactl"]
+WEB_PORT = 8080  # forwarded from a free host port, for a pod to publish
 BOOT_TIMEOUT = 240.0  # TCG on a shared machine: generous, a hang still fails
 
 
@@ -71,5 +72,6 @@ def boot(workdir: Path, *, data: bool, append: str = "") -> Booted:
     oem = make_oem_disk(workdir, tls, "kurma")
     disks = [make_data_disk(workdir / "data.img", 512 * 2**20)] if data else []
     vm = Vm(kernel.vmlinuz, INITRAMFS, free_port(), console=workdir / "console.log", oem=oem,
-            disks=disks, append=append, monitor=workdir / "monitor.sock")  # fmt: skip
+            disks=disks, append=append, monitor=workdir / "monitor.sock",
+            forwards={free_port(): WEB_PORT})  # fmt: skip
     return Booted(vm.start(), admin, workdir)

@@ -57,7 +57,11 @@ def pod(value: Pod) -> pb.Pod:
         stopping=value.stopping,
         apps=[app_status(a) for a in value.apps],
         manifest_json=value.manifest_json or json.dumps(value.manifest.to_json()),
-    )
+        networks=[pb.PodNetwork(name=n["name"], interface=n.get("ifname", ""), address=n.get("address", ""),
+                                gateway=n.get("gateway", "")) for n in (value.network or {}).get("networks", [])],
+        ports=[pb.PortMapping(host_port=p["host_port"], port=p["port"], protocol=p["protocol"])
+               for p in (value.network or {}).get("ports", [])],
+    )  # fmt: skip
 
 
 def image(record: ImageRecord, used_by: list[str]) -> pb.Image:

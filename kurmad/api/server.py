@@ -11,6 +11,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kurmad.host.control import Host
 from kurmad.images.store import ImageStore
+from kurmad.net.pods import PodNetworks
 from kurmad.pods.events import EventBus
 from kurmad.pods.manager import PodManager
 
@@ -42,6 +44,8 @@ class ServeConfig:
     cgroup_parent: str = "kurmad"
     image_quota: int | None = None
     tls_dir: Path | None = None  # default: <state-dir>/tls (made on first use)
+    networks: tuple[dict[str, Any], ...] = ()  # pod networks (net/pods.py); none: pods get lo only
+    default_network: str | None = None  # default: the first
 
     @property
     def socket_path(self) -> Path:
@@ -56,9 +60,14 @@ class Daemon:
         self.host = host or Host()
         self.store = ImageStore(config.state_dir / "images", quota_bytes=config.image_quota)
         # The pod manager starts the launcher (a fresh exec) before any gRPC thread exists.
+        networks = (
+            PodNetworks(config.state_dir, list(config.networks), config.default_network)
+            if config.networks else None
+        )  # fmt: skip
         self.manager = PodManager(
-            config.state_dir, self.store, cgroup_parent=config.cgroup_parent, events=self.events
-        )
+            config.state_dir, self.store, cgroup_parent=config.cgroup_parent, events=self.events,
+            networks=networks,
+        )  # fmt: skip
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="rpc"),
             interceptors=[auth.AuthInterceptor(insecure_tcp=config.insecure)],

@@ -150,7 +150,8 @@ def _run_request(run: pb.RunSpec) -> RunRequest:
         image=run.image, exec=list(run.exec), env=dict(run.env),
         volumes=[(v.host_path, v.path, v.read_only) for v in run.volumes],
         working_directory=run.working_directory, user=run.user, group=run.group, tty=run.tty,
-        app_name=run.app_name, host_network=run.host_network,
+        app_name=run.app_name, host_network=run.host_network, networks=run.networks,
+        ports=[(p.host_port, p.port, p.protocol or "tcp") for p in run.ports],
     )  # fmt: skip
 
 

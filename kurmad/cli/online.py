@@ -37,6 +37,18 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def _ports(values: list[str]) -> list[tuple[int, int, str]]:
+    out = []
+    for value in values:
+        spec, _, protocol = value.partition("/")
+        host, _, port = spec.partition(":")
+        if not (host.isdigit() and port.isdigit() and protocol in ("", "tcp", "udp")
+                and 0 < int(host) < 65536 and 0 < int(port) < 65536):  # fmt: skip
+            fail(f"port {value!r}: expected HOSTPORT:PORT[/tcp|/udp]")
+        out.append((int(host), int(port), protocol or "tcp"))
+    return out
+
+
 def _volumes(values: list[str]) -> list[tuple[str, str, bool]]:
     out = []
     for value in values:
@@ -74,6 +86,7 @@ def run_pod(args: argparse.Namespace) -> int:
         pod = kurma.run(image, exec=_command(args, args.command), env=_pairs(args.env, "environment"),
                         volumes=_volumes(args.volume), name=args.name, tty=args.tty,
                         working_directory=args.workdir, user=user, group=group, host_network=args.net == "host",
+                        networks="" if args.net == "host" else args.net, ports=_ports(args.publish),
                         wait_running=args.detach or args.tty)  # attached runs learn of failures from Wait  # fmt: skip
         if args.detach:
             print(pod.name)

@@ -30,8 +30,11 @@ def add_pod_verbs(verbs: argparse._SubParsersAction, connection: argparse.Argume
     run.add_argument("-t", "--tty", action="store_true", help="give the app a terminal")
     run.add_argument("-w", "--workdir", default="")
     run.add_argument("-u", "--user", default="", help="USER[:GROUP]")
-    run.add_argument("--net", choices=["pod", "host"], default="pod",
-                     help="host: share the host's network namespace")  # fmt: skip
+    run.add_argument("--net", default="", metavar="NETWORKS",
+                     help="pod networks, comma-separated (default: the host's default network); "
+                          "none: loopback only; host: share the host's network namespace")  # fmt: skip
+    run.add_argument("-p", "--publish", action="append", default=[], metavar="HOSTPORT:PORT[/udp]",
+                     help="publish a port of the pod on the host")  # fmt: skip
     run.set_defaults(handler="online:run_pod")
 
     create = verbs.add_parser(

@@ -51,6 +51,7 @@ class ApiSettings:
     insecure: bool
     tls_dir: Path | None
     cgroup_parent: str
+    networks: tuple[dict[str, Any], ...] = ()  # pod networks; the first is the default
 
 
 class Services(Protocol):
@@ -281,6 +282,7 @@ class Boot:
             insecure=bool(api.get("insecure")),
             tls_dir=Path(api["tls_dir"]) if api.get("tls_dir") else None,
             cgroup_parent=self.config["cgroup_parent"],
+            networks=tuple(self.config["pod_networks"]),
         )
         self.daemon = self.serve(settings, self.host)
         self.daemon.start()

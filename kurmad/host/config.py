@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from kurmad.net.config import NetworkError, check_network_configs
 from kurmad.pods.restart import POLICIES, parse_volume
 
 from .power import DEFAULT_CONFIG_FILE
@@ -41,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "api": {"listen": "0.0.0.0:7777", "insecure": False, "tls_dir": ""},
     "images": [],
     "initial_pods": [],
+    # Networks for pods (net/config.py); a pod joins the first unless it names others.
+    "pod_networks": [{"name": "kurma0", "type": "bridge", "subnet": "10.222.0.0/16"}],
 }
 
 _DISK_KEYS = {
@@ -224,6 +227,15 @@ def _check_initial_pods(value: Any) -> None:
                 raise ConfigError(f"{path}.volumes[{j}]: {err}") from None
 
 
+def _check_pod_networks(value: Any) -> None:
+    for i, network in enumerate(_expect(value, list, "pod_networks")):
+        _expect(network, dict, f"pod_networks[{i}]")
+    try:
+        check_network_configs(value)
+    except NetworkError as err:
+        raise ConfigError(f"pod_networks: {err}") from None
+
+
 def _check_list_of_strings(key: str) -> Callable[[Any], None]:
     def check(value: Any) -> None:
         for i, item in enumerate(_expect(value, list, key)):
@@ -245,6 +257,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "api": _check_api,
     "images": _check_list_of_strings("images"),
     "initial_pods": _check_initial_pods,
+    "pod_networks": _check_pod_networks,
 }
 
 

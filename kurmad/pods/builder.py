@@ -7,17 +7,19 @@ from __future__ import annotations
 import itertools
 import os
 import stat
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kurmad.appc import (
     ACName,
     Annotations,
     App,
+    ExposedPort,
     ImageID,
     Mount,
     MountPoint,
     PodManifest,
+    Port,
     RuntimeApp,
     RuntimeImage,
     Volume,
@@ -26,6 +28,7 @@ from kurmad.appc import (
 from kurmad.appc.volumes import KIND_HOST
 from kurmad.images.render import RenderError, layer_ids, render
 from kurmad.images.store import ImageNotFound, ImageRecord, ImageStore, StoreError
+from kurmad.net.ports import PortRequest
 from kurmad.runtime.isolators import (
     AppPolicy,
     IsolatorError,
@@ -42,6 +45,9 @@ from .model import InvalidPod
 TTY_ANNOTATION = "kurmad.io/tty"
 # A pod annotation: the pod shares the host's network namespace (system pods such as ntp).
 HOST_NETWORK_ANNOTATION = "kurmad.io/host-network"
+# A pod annotation: the pod networks it joins, comma-separated, or "none" (loopback only);
+# without it, the host's default network.
+NETWORKS_ANNOTATION = "kurmad.io/networks"
 
 # ace.md §Execution Environment
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -72,6 +78,8 @@ class ResolvedPod:
     sysctls: dict[str, str]
     report: Report
     host_network: bool = False
+    networks: str | None = None  # the annotation's value; None: the default network
+    ports: list[PortRequest] = field(default_factory=list)  # published on the host
 
     @property
     def image_ids(self) -> set[ImageID]:
@@ -93,8 +101,35 @@ def resolve_pod(manifest: PodManifest, store: ImageStore) -> ResolvedPod:
     for app in apps:
         sysctls.update(app.policy.sysctls)
     host_network = _host_network(manifest, sysctls)
+    networks = manifest.annotations.get(NETWORKS_ANNOTATION)
+    if host_network and networks not in (None, "host"):
+        raise InvalidPod(
+            f"annotations: {HOST_NETWORK_ANNOTATION} and {NETWORKS_ANNOTATION}={networks} contradict"
+        )
+    ports = _published_ports(manifest, apps)
     reified = replace(manifest, apps=tuple(a.runtime for a in apps))
-    return ResolvedPod(reified, apps, limits, sysctls, report, host_network)
+    return ResolvedPod(
+        reified, apps, limits, sysctls, report, host_network or networks == "host", networks, ports
+    )
+
+
+def _published_ports(manifest: PodManifest, apps: list[ResolvedApp]) -> list[PortRequest]:
+    """The pod's ``ports`` (name → host port) joined with the apps' ports of those names."""
+    declared = {port.name: port for app in apps for port in app.app.ports}
+    published = []
+    for i, exposed in enumerate(manifest.ports):
+        port = exposed.pod_port or declared.get(exposed.name)
+        if port is None:
+            raise InvalidPod(f"ports[{i}]: no app has a port named {exposed.name}")
+        if port.protocol not in ("tcp", "udp"):
+            raise InvalidPod(
+                f"ports[{i}]: protocol {port.protocol!r} of port {exposed.name} is not tcp or udp"
+            )
+        published.append(PortRequest(port.protocol, exposed.host_port, port.port))
+    keys = [p.key for p in published]
+    if len(set(keys)) != len(keys):
+        raise InvalidPod(f"ports: a host port is published twice ({', '.join(sorted(keys))})")
+    return published
 
 
 def _host_network(manifest: PodManifest, sysctls: dict[str, str]) -> bool:
@@ -312,6 +347,8 @@ class RunRequest:
     tty: bool = False
     app_name: str = ""
     host_network: bool = False
+    networks: str = ""  # comma-separated names, "none" or "host"; empty: the default
+    ports: list[tuple[int, int, str]] = field(default_factory=list)  # host port, port, tcp|udp
 
 
 def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
@@ -327,8 +364,11 @@ def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
     if base is None and not run.exec:
         raise InvalidPod(f"image {image.name} has no app to run; give a command")
     app = base or App(user="0", group="0")
+    own_ports = tuple(Port(ACName(f"{proto}-{port}"), proto, port) for _, port, proto in run.ports
+                      if all(p.name != f"{proto}-{port}" for p in app.ports))  # fmt: skip
     app = replace(
         app,
+        ports=app.ports + own_ports,
         exec=tuple(run.exec) or app.exec,
         environment=app.environment.merged(run.env),
         working_directory=run.working_directory or app.working_directory,
@@ -345,5 +385,9 @@ def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
     annotations = Annotations({TTY_ANNOTATION: "true"} if run.tty else {})
     runtime = RuntimeApp(name=ACName(name), image=RuntimeImage(id=image.id, name=image.manifest.name), app=app,
                          mounts=mounts, annotations=annotations)  # fmt: skip
-    pod_annotations = Annotations({HOST_NETWORK_ANNOTATION: "true"} if run.host_network else {})
-    return PodManifest(apps=(runtime,), volumes=tuple(volumes), annotations=pod_annotations)
+    pod_annotations = Annotations(
+        {HOST_NETWORK_ANNOTATION: "true"} if run.host_network
+        else {NETWORKS_ANNOTATION: run.networks} if run.networks else {}
+    )  # fmt: skip
+    return PodManifest(apps=(runtime,), volumes=tuple(volumes), annotations=pod_annotations,
+                       ports=tuple(ExposedPort(ACName(f"{proto}-{port}"), host) for host, port, proto in run.ports))  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import signal
 import threading
@@ -27,6 +28,8 @@ from kurmad.images.store import ImageNotFound, ImageStore
 from kurmad.linux.cgroups import Cgroup, CgroupDriver, CgroupError
 from kurmad.linux.files import read_json, remove_tree, write_json_atomic
 from kurmad.linux.proc import child_with_namespace_pid, start_time
+from kurmad.net import netns
+from kurmad.net.pods import NetworkError, PodNetworks, first_address
 from kurmad.runtime.launcher import Entered, Launcher, LauncherError
 from kurmad.runtime.logs import LogRecord, read_logs
 from kurmad.runtime.spec import SPEC_FILE, STATUS_FILE, STOP_FILE, AppSpec, Limits, PodSpec
@@ -49,6 +52,8 @@ POD_FILE = "pod.json"
 DEFAULT_GRACE = 10.0
 # how long start() waits for the apps to be running (pre-start handlers can take a while)
 START_TIMEOUT = 30.0
+log = logging.getLogger("kurmad")
+NETNS_FILE = "netns"  # the pod's network namespace, bind-mounted, while it is wired
 _HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
 
 
@@ -69,6 +74,7 @@ class _Record:
     stop_requested: bool = False
     apps: list[dict[str, Any]] = field(default_factory=list)
     isolators: dict[str, Any] = field(default_factory=dict)
+    network: dict[str, Any] | None = None  # its networks, addresses and ports (net/pods.py)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")} | {
@@ -98,6 +104,7 @@ class PodManager:
         resolv_conf: Path = Path("/etc/resolv.conf"),
         launcher: Launcher | None = None,
         events: EventBus | None = None,
+        networks: PodNetworks | None = None,
     ) -> None:
         self.root = state_dir / "pods"
         self.events = events or EventBus()
@@ -112,7 +119,10 @@ class PodManager:
         self._resolved: dict[str, ResolvedPod] = {}  # from create, so start need not resolve again
         self._launcher = launcher or Launcher()
         self._watcher = PidWatcher(self._on_pod_init_exit)
+        self.networks = networks
         self._recover()
+        for line in self.reconcile_networks():
+            log.info("networks: %s", line)
 
     def close(self) -> None:
         """Let go of the pods (they keep running) and of the launcher."""
@@ -182,7 +192,7 @@ class PodManager:
             manifest=record._parsed_manifest, manifest_json=record._manifest_json,
             created_at=record.created_at, apps=apps,
             reason=record.reason, started_at=record.started_at, finished_at=record.finished_at,
-            stopping=record.stop_requested and record.state.active,
+            stopping=record.stop_requested and record.state.active, network=record.network,
         )  # fmt: skip
 
     def cgroup(self, ref: str, app: str | None = None) -> Cgroup:
@@ -214,9 +224,11 @@ class PodManager:
         with self._lock:
             if any(r.name == name for r in self._records.values()):
                 raise PodExists(f"a pod named {name} exists already")
+            record.network = self._plan_network(pod_uuid, resolved)
             try:
                 self.store.hold(self._holder(record), held)
             except ImageNotFound as err:
+                self._release_network(record)
                 raise InvalidPod(f"an image was deleted while the pod was created: {err}") from None
             self._dir(pod_uuid).mkdir()
             self._records[pod_uuid] = record
@@ -224,6 +236,38 @@ class PodManager:
             self._persist(record)
         self.events.emit("pod", "created", pod_uuid, name)
         return self._view(record)
+
+    def _plan_network(self, pod_uuid: str, resolved: ResolvedPod) -> dict[str, Any] | None:
+        """Lease the pod's addresses and reserve its host ports now, so that a full pool or a
+        taken port is refused at create time."""
+        if resolved.host_network:
+            if resolved.ports:
+                raise InvalidPod("ports: a pod on the host's network cannot publish ports")
+            return None
+        if self.networks is None:
+            if resolved.ports or resolved.networks not in (None, "none"):
+                raise InvalidPod(
+                    "networks: this kurmad has no pod networks configured (--network-config)"
+                )
+            return None
+        try:
+            names = self.networks.selection(resolved.networks)
+            return self.networks.plan(pod_uuid, names, resolved.ports)
+        except NetworkError as err:
+            raise InvalidPod(str(err)) from None
+
+    def _release_network(self, record: _Record) -> None:
+        if self.networks is not None and record.network is not None:
+            self.networks.unwire(record.uuid, self._dir(record.uuid) / NETNS_FILE, record.network)
+            self.networks.release(record.uuid)
+
+    def reconcile_networks(self) -> list[str]:
+        """Leases, veths and rules of pods that are gone go too (after a crash, say)."""
+        if self.networks is None:
+            return []
+        with self._lock:
+            live = {r.uuid: r.network or {} for r in self._records.values()}
+        return self.networks.reconcile(live)
 
     def _check_name(self, name: str) -> str:
         try:
@@ -252,10 +296,14 @@ class PodManager:
                 )
             record.state = PodState.STARTING
             record.started_at = time.time()
+        namespace = self._wire(record)
         try:
             spec = self._prepare(record)
-            pid = self._live_launcher().start_pod(self._dir(record.uuid), spec.host_network)
+            pid = self._live_launcher().start_pod(
+                self._dir(record.uuid), spec.host_network, namespace
+            )
         except (PodError, LauncherError, CgroupError, OSError) as err:
+            self._unwire(record)
             self._settle(record, PodState.FAILED, f"{err}")
             raise InvalidPod(f"pod {record.name} failed to start: {err}") from None
         with self._lock:
@@ -268,6 +316,26 @@ class PodManager:
         if wait:
             self._await_started(record, timeout=START_TIMEOUT)
         return self._view(record)
+
+    def _wire(self, record: _Record) -> str | None:
+        """The pod's network namespace, wired to its networks (None: the launcher makes a
+        bare one, or the pod shares the host's)."""
+        plan = record.network
+        if self.networks is None or not plan or not plan.get("networks"):
+            return None
+        namespace = self._dir(record.uuid) / NETNS_FILE
+        try:
+            self.networks.wire(record.uuid, namespace, plan)
+        except NetworkError as err:
+            self._settle(record, PodState.FAILED, str(err))
+            raise InvalidPod(f"pod {record.name} failed to start: {err}") from None
+        with self._lock:
+            self._persist(record)
+        return str(namespace)
+
+    def _unwire(self, record: _Record) -> None:
+        if self.networks is not None and record.network:
+            self.networks.unwire(record.uuid, self._dir(record.uuid) / NETNS_FILE, record.network)
 
     def _live_launcher(self) -> Launcher:
         """The launcher, started again if it died (its pods live on regardless)."""
@@ -293,10 +361,13 @@ class PodManager:
         )
         apps = [app_spec(app, self.store, pod_dir) for app in resolved.apps]
         self._make_empty_volumes(resolved, pod_dir)
-        (pod_dir / "resolv.conf").write_bytes(_read_or_empty(self._resolv_conf))
+        resolv = _read_or_empty(self._resolv_conf)
+        (pod_dir / "resolv.conf").write_bytes(
+            resolv if resolved.host_network else _without_loopback(resolv)
+        )
         spec = PodSpec(
             uuid=record.uuid, name=record.name, hostname=record.name, apps=apps,
-            hosts=_HOSTS.format(hostname=record.name), resolv_conf="", sysctls=resolved.sysctls,
+            hosts=_hosts(record), resolv_conf="", sysctls=resolved.sysctls,
             limits=resolved.limits, cgroup_procs=self._make_cgroups(record.uuid, resolved.limits, apps),
             host_network=resolved.host_network,
         )  # fmt: skip
@@ -430,6 +501,7 @@ class PodManager:
             self._records.pop(record.uuid, None)
             self._resolved.pop(record.uuid, None)
             self.store.release(self._holder(record))
+        self._release_network(record)
         with contextlib.suppress(CgroupError, OSError):
             self._cgroups.cgroup(record.uuid).remove()
         doomed = self.root / f".removing-{record.uuid}"
@@ -496,11 +568,13 @@ class PodManager:
         daemon watched, and hold their images again."""
         for directory in sorted(self.root.iterdir()):
             if directory.name.startswith(".removing-"):
+                netns.remove(directory / NETNS_FILE)
                 remove_tree(directory)
                 continue
             try:
                 record = _Record.from_json(read_json(directory / POD_FILE))
             except (OSError, ValueError, KeyError, TypeError):
+                netns.remove(directory / NETNS_FILE)
                 remove_tree(directory)  # a create that never finished
                 continue
             self._records[record.uuid] = record
@@ -520,6 +594,27 @@ class PodManager:
         if alive and record.pid is not None and self._watcher.watch(record.pid, record.uuid):
             return
         self._on_pod_init_exit(record.uuid)
+
+
+def _without_loopback(resolv_conf: bytes) -> bytes:
+    """A pod with a network of its own cannot reach the host's loopback resolver (a local
+    stub such as systemd-resolved's 127.0.0.53): those name servers are left out."""
+
+    def loopback_server(line: str) -> bool:
+        words = line.split()
+        return len(words) >= 2 and words[0] == "nameserver" and words[1].startswith(("127.", "::1"))
+
+    lines = resolv_conf.decode(errors="replace").splitlines(keepends=True)
+    return "".join(line for line in lines if not loopback_server(line)).encode()
+
+
+def _hosts(record: _Record) -> str:
+    """/etc/hosts: the pod's name on its address (on the loopback's when it has none)."""
+    address = first_address(record.network) if record.network else ""
+    text = _HOSTS.format(hostname=record.name)
+    return (
+        text.replace(f"127.0.1.1\t{record.name}", f"{address}\t{record.name}") if address else text
+    )
 
 
 def _apply_limits(group: Cgroup, limits: Limits) -> None:

@@ -77,6 +77,7 @@ class Pod:
     finished_at: float | None = None
     stopping: bool = False
     manifest_json: str = ""  # the manifest as JSON text, cached for the API
+    network: dict[str, Any] | None = None  # networks, addresses, published ports (net/pods.py)
 
     def app(self, name: str) -> AppStatus | None:
         return next((a for a in self.apps if a.name == name), None)

@@ -123,7 +123,12 @@ def _reap_and_report(sock: socket.socket) -> None:
 def _handle(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
     try:
         if message["op"] == "start_pod":
-            pid = _fork_pod(sock, Path(message["pod_dir"]), bool(message.get("host_network")))
+            pid = _fork_pod(
+                sock,
+                Path(message["pod_dir"]),
+                bool(message.get("host_network")),
+                message.get("netns"),
+            )
         elif message["op"] == "enter":
             pid = _fork_enter(sock, message, fds)
         else:
@@ -144,18 +149,29 @@ def _in_child(sock: socket.socket) -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
-def _fork_pod(sock: socket.socket, pod_dir: Path, host_network: bool) -> int:
-    pid = sc.fork_into_namespaces(
-        POD_NAMESPACES & ~sc.CLONE_NEWNET if host_network else POD_NAMESPACES
-    )
+def _fork_pod(sock: socket.socket, pod_dir: Path, host_network: bool, netns: str | None) -> int:
+    """The pod init, in new namespaces; the network one is new, or the host's, or ``netns``
+    (a namespace file the daemon has wired already)."""
+    shared = host_network or netns is not None
+    pid = sc.fork_into_namespaces(POD_NAMESPACES & ~sc.CLONE_NEWNET if shared else POD_NAMESPACES)
     if pid == 0:
         code = 1
         try:
             _in_child(sock)
+            if netns is not None:
+                _join_network(netns)
             code = podinit.main(pod_dir)
         finally:
             os._exit(code)
     return pid
+
+
+def _join_network(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sc.setns(fd, sc.CLONE_NEWNET)
+    finally:
+        os.close(fd)
 
 
 def _fork_enter(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> int:
@@ -313,9 +329,14 @@ class Launcher:
             self._exits.setdefault(pid, (threading.Event(), []))
         return pid
 
-    def start_pod(self, pod_dir: Path, host_network: bool = False) -> int:
+    def start_pod(self, pod_dir: Path, host_network: bool = False, netns: str | None = None) -> int:
         return self._request(
-            {"op": "start_pod", "pod_dir": str(pod_dir), "host_network": host_network}
+            {
+                "op": "start_pod",
+                "pod_dir": str(pod_dir),
+                "host_network": host_network,
+                "netns": netns,
+            }
         )
 
     def enter(

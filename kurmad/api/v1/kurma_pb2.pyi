@@ -66,7 +66,7 @@ class AppStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., image_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[str] = ..., reason: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ..., isolators: _Optional[_Union[IsolatorReport, _Mapping]] = ...) -> None: ...
 
 class Pod(_message.Message):
-    __slots__ = ("uuid", "name", "state", "reason", "created_at", "started_at", "finished_at", "stopping", "apps", "manifest_json")
+    __slots__ = ("uuid", "name", "state", "reason", "created_at", "started_at", "finished_at", "stopping", "apps", "manifest_json", "networks", "ports")
     UUID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,8 @@ class Pod(_message.Message):
     STOPPING_FIELD_NUMBER: _ClassVar[int]
     APPS_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     name: str
     state: PodState
@@ -87,7 +89,31 @@ class Pod(_message.Message):
     stopping: bool
     apps: _containers.RepeatedCompositeFieldContainer[AppStatus]
     manifest_json: str
-    def __init__(self, uuid: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[PodState, str]] = ..., reason: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., stopping: _Optional[bool] = ..., apps: _Optional[_Iterable[_Union[AppStatus, _Mapping]]] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    networks: _containers.RepeatedCompositeFieldContainer[PodNetwork]
+    ports: _containers.RepeatedCompositeFieldContainer[PortMapping]
+    def __init__(self, uuid: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[PodState, str]] = ..., reason: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., stopping: _Optional[bool] = ..., apps: _Optional[_Iterable[_Union[AppStatus, _Mapping]]] = ..., manifest_json: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[PodNetwork, _Mapping]]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ...) -> None: ...
+
+class PortMapping(_message.Message):
+    __slots__ = ("host_port", "port", "protocol")
+    HOST_PORT_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    host_port: int
+    port: int
+    protocol: str
+    def __init__(self, host_port: _Optional[int] = ..., port: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
+
+class PodNetwork(_message.Message):
+    __slots__ = ("name", "interface", "address", "gateway")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    interface: str
+    address: str
+    gateway: str
+    def __init__(self, name: _Optional[str] = ..., interface: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ...) -> None: ...
 
 class PodRef(_message.Message):
     __slots__ = ("ref",)
@@ -106,7 +132,7 @@ class VolumeMount(_message.Message):
     def __init__(self, host_path: _Optional[str] = ..., path: _Optional[str] = ..., read_only: _Optional[bool] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("image", "exec", "env", "volumes", "working_directory", "user", "group", "tty", "app_name", "host_network")
+    __slots__ = ("image", "exec", "env", "volumes", "working_directory", "user", "group", "tty", "app_name", "host_network", "networks", "ports")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +150,8 @@ class RunSpec(_message.Message):
     TTY_FIELD_NUMBER: _ClassVar[int]
     APP_NAME_FIELD_NUMBER: _ClassVar[int]
     HOST_NETWORK_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
     image: str
     exec: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
@@ -134,7 +162,9 @@ class RunSpec(_message.Message):
     tty: bool
     app_name: str
     host_network: bool
-    def __init__(self, image: _Optional[str] = ..., exec: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., working_directory: _Optional[str] = ..., user: _Optional[str] = ..., group: _Optional[str] = ..., tty: _Optional[bool] = ..., app_name: _Optional[str] = ..., host_network: _Optional[bool] = ...) -> None: ...
+    networks: str
+    ports: _containers.RepeatedCompositeFieldContainer[PortMapping]
+    def __init__(self, image: _Optional[str] = ..., exec: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., working_directory: _Optional[str] = ..., user: _Optional[str] = ..., group: _Optional[str] = ..., tty: _Optional[bool] = ..., app_name: _Optional[str] = ..., host_network: _Optional[bool] = ..., networks: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ...) -> None: ...
 
 class CreatePodRequest(_message.Message):
     __slots__ = ("manifest_json", "run", "name", "start", "no_wait")

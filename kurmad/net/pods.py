@@ -1,0 +1,294 @@
+"""Pod networks: which networks a pod joins, its addresses and published ports, and wiring its
+network namespace to them.
+
+A pod's networking has four moments. At create: addresses are leased (bridge networks) and host
+ports reserved, so an exhausted pool or a taken port is refused then, with nothing held. At
+start: the namespace file is made and wired (veth on a bridge, or the CNI plugins' ADD), and the
+firewall gets the pod's published ports. At removal: unwired (CNI DEL), leases and ports given
+back. At every daemon start: reconcile, so leases, veths and rules of pods that are gone go too.
+The plan of a pod (its networks, addresses, ports, CNI results) is kept in its record."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from kurmad.linux.files import read_json, write_json_atomic
+
+from . import firewall, netns
+from .bridge import BridgeNetwork, BridgeSpec, NetworkSetupError, pod_of_veth
+from .cni import CniError, CniNetwork, CniResult
+from .config import HOST, NONE, NetworkError, check_network_configs
+from .ipam import IpamError
+from .ports import PortRequest
+
+
+class PodNetworks:
+    def __init__(
+        self, state_dir: Path, configs: list[dict[str, Any]], default: str | None = None
+    ) -> None:
+        check_network_configs(configs)
+        self.state_dir = state_dir
+        self.bridges: dict[str, BridgeNetwork] = {}
+        self.cni: dict[str, CniNetwork] = {}
+        for config in configs:
+            if config.get("type", "bridge") == "cni":
+                self.cni[config["name"]] = CniNetwork(config["config"], **_cni_options(config))
+            else:
+                self.bridges[config["name"]] = BridgeNetwork(
+                    BridgeSpec.from_config(config), state_dir
+                )
+        self.default = default or (configs[0]["name"] if configs else NONE)
+        self.ports_file = state_dir / "networks" / "ports.json"
+        self._ports: dict[str, dict[str, Any]] = (
+            read_json(self.ports_file) if self.ports_file.exists() else {}
+        )
+        self._lock = threading.RLock()
+        self._addresses: dict[str, str] = {}  # wired pod -> its first address, for port forwards
+        self._ensured: set[str] = (
+            set()
+        )  # bridges set up by this daemon (attach re-makes a lost one)
+
+    # -- what a pod asks for ------------------------------------------------------------------------
+
+    def selection(self, asked: str | None) -> list[str]:
+        """The networks of a pod from its annotation: none, host, or names; absent: the default."""
+        names = [n.strip() for n in (asked or self.default).split(",") if n.strip()]
+        if names in ([NONE], [HOST]):
+            return names
+        for name in names:
+            if name in (NONE, HOST):
+                raise NetworkError(f"networks: {name} cannot be combined with other networks")
+            if name not in self.bridges and name not in self.cni:
+                known = ", ".join([*self.bridges, *self.cni]) or "none configured"
+                raise NetworkError(f"networks: no network named {name} (known: {known})")
+        return names
+
+    def plan(self, pod_uuid: str, names: list[str], ports: list[PortRequest]) -> dict[str, Any]:
+        """Lease the addresses and reserve the host ports of a new pod, or hold nothing and
+        raise NetworkError."""
+        if ports and names in ([NONE], [HOST]):
+            raise NetworkError(f"ports: a pod on network {names[0]} cannot publish ports")
+        plan: dict[str, Any] = {"networks": [], "ports": []}
+        try:
+            for index, name in enumerate(names if names not in ([NONE], [HOST]) else []):
+                entry = {"name": name, "ifname": f"eth{index}", "index": index}
+                if name in self.bridges:
+                    entry["address"] = self.bridges[name].ipam.allocate(pod_uuid)
+                plan["networks"].append(entry)
+            plan["ports"] = self._reserve_ports(pod_uuid, ports)
+        except (IpamError, NetworkError) as err:
+            self.release(pod_uuid)
+            raise NetworkError(str(err)) from None
+        return plan
+
+    def _reserve_ports(self, pod_uuid: str, ports: list[PortRequest]) -> list[dict[str, Any]]:
+        with self._lock:
+            for request in ports:
+                holder = self._ports.get(request.key)
+                if holder is not None and holder["pod"] != pod_uuid:
+                    raise NetworkError(
+                        f"ports: host port {request.key} is published by pod {holder['pod']} already"
+                    )
+                _check_port_free(request)
+            reserved = [{"pod": pod_uuid, **asdict(r)} for r in ports]
+            for request, entry in zip(ports, reserved, strict=True):
+                self._ports[request.key] = entry
+            self._save_ports()
+        return reserved
+
+    def _save_ports(self) -> None:
+        self.ports_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.ports_file, self._ports)
+
+    # -- start: wiring ---------------------------------------------------------------------------------
+
+    def wire(self, pod_uuid: str, namespace: Path, plan: dict[str, Any]) -> None:
+        """Make the namespace file and wire it; on failure unwire what was done and raise."""
+        netns.create(namespace)
+        try:
+            with IPRoute() as ipr:
+                for entry in plan["networks"]:
+                    self._attach(ipr, pod_uuid, namespace, entry, default_route=entry["index"] == 0)
+            first = first_address(plan)
+            if first:
+                with self._lock:
+                    self._addresses[pod_uuid] = first
+            if plan.get("ports"):
+                self._sync_firewall()
+        except (NetworkSetupError, CniError, NetlinkError, OSError, firewall.FirewallError) as err:
+            self.unwire(pod_uuid, namespace, plan)
+            raise NetworkError(f"pod {pod_uuid}: {err}") from None
+
+    def _attach(
+        self,
+        ipr: IPRoute,
+        pod_uuid: str,
+        namespace: Path,
+        entry: dict[str, Any],
+        default_route: bool,
+    ) -> None:
+        name = entry["name"]
+        if name in self.bridges:
+            bridge = self.bridges[name]
+            with self._lock:
+                if name not in self._ensured:
+                    bridge.ensure_bridge(ipr)
+                    self._ensured.add(name)
+            attached = bridge.attach(ipr, pod_uuid, entry["index"], namespace, entry["ifname"],
+                                     entry["address"], default_route)  # fmt: skip
+            entry["gateway"] = attached.gateway
+        else:
+            entry["attempted"] = True  # a failed ADD still wants its DEL (the CNI spec)
+            result = self.cni[name].add(pod_uuid, str(namespace), entry["ifname"])
+            entry["cni"] = result.to_json()
+            addresses = result.addresses_on(entry["ifname"]) or [ip.address for ip in result.ips]
+            entry["address"] = addresses[0] if addresses else ""
+        entry["wired"] = True
+
+    def unwire(self, pod_uuid: str, namespace: Path, plan: dict[str, Any]) -> list[str]:
+        """Undo the wiring: the CNI plugins' DEL, then the namespace file. Letting go of the
+        namespace takes its veths with it (the kernel destroys them once the namespace is
+        gone, without the ~15 ms wait a deletion costs); without a namespace file (a start
+        that failed early), the host ends are deleted here. Goes on past errors, returns them."""
+        problems = []
+        for entry in reversed(plan.get("networks", [])):
+            if entry["name"] in self.cni and (entry.get("cni") or entry.get("attempted")):
+                previous = CniResult.from_json(entry["cni"]) if entry.get("cni") else None
+                try:
+                    self.cni[entry["name"]].delete(
+                        pod_uuid, str(namespace), entry["ifname"], previous
+                    )
+                except CniError as err:
+                    problems.append(f"network {entry['name']}: {err}")
+        if namespace.exists():
+            netns.remove(namespace)
+        else:
+            with IPRoute() as ipr:
+                for entry in plan.get("networks", []):
+                    if entry["name"] in self.bridges:
+                        try:
+                            self.bridges[entry["name"]].detach(ipr, pod_uuid, entry["index"])
+                        except (NetlinkError, OSError) as err:
+                            problems.append(f"network {entry['name']}: {err}")
+        for entry in plan.get("networks", []):
+            for key in ("wired", "attempted", "cni"):
+                entry.pop(key, None)
+        with self._lock:
+            had_ports = self._addresses.pop(pod_uuid, None) is not None and bool(plan.get("ports"))
+        if had_ports:
+            try:
+                self._sync_firewall()
+            except firewall.FirewallError as err:
+                problems.append(str(err))
+        return problems
+
+    # -- removal and reconciling -------------------------------------------------------------------------
+
+    def release(self, pod_uuid: str) -> None:
+        """Give back the pod's addresses and host ports."""
+        for bridge in self.bridges.values():
+            bridge.ipam.release(pod_uuid)
+        with self._lock:
+            mine = [k for k, v in self._ports.items() if v["pod"] == pod_uuid]
+            for key in mine:
+                del self._ports[key]
+            if mine:
+                self._save_ports()
+                self._sync_firewall()
+
+    def reconcile(self, live: dict[str, dict[str, Any]]) -> list[str]:
+        """After a (re)start: forget what belongs to pods that no longer exist, remove host
+        veths nobody owns, and write the firewall from what remains. ``live`` maps each
+        existing pod to its plan."""
+        done = []
+        for bridge in self.bridges.values():
+            released = bridge.ipam.release_unless(set(live))
+            done += [f"released {a} on {bridge.spec.name}" for a in released]
+        with self._lock:
+            stale = [k for k, v in self._ports.items() if v["pod"] not in live]
+            for key in stale:
+                del self._ports[key]
+            if stale:
+                self._save_ports()
+            done += [f"unpublished {k}" for k in stale]
+        done += self._remove_stray_veths({p.replace("-", "")[:12] for p in live})
+        with self._lock:
+            self._addresses = {
+                pod: first for pod, plan in live.items() if (first := first_address(plan))
+            }
+        if self.bridges or self._ports:
+            self._sync_firewall()
+        return done
+
+    def _remove_stray_veths(self, live_prefixes: set[str]) -> list[str]:
+        removed = []
+        with IPRoute() as ipr:
+            for link in ipr.get_links():
+                name = link.get("ifname") or ""
+                owner = pod_of_veth(name)
+                if owner is not None and owner not in live_prefixes:
+                    try:
+                        ipr.link("del", index=link["index"])
+                        removed.append(f"removed veth {name}")
+                    except NetlinkError as err:
+                        if err.code != errno.ENODEV:
+                            raise
+        return removed
+
+    def _sync_firewall(self) -> None:
+        """The whole table again: masquerading for the bridge networks, and the published ports
+        of the pods that are wired."""
+        masquerades = [
+            firewall.Masquerade(b.spec.name, str(b.network))
+            for b in self.bridges.values()
+            if b.spec.masquerade
+        ]
+        with self._lock:
+            forwards = [firewall.Forward(v["protocol"], v["host_port"], self._addresses[v["pod"]], v["port"], v["pod"])
+                        for v in self._ports.values() if v["pod"] in self._addresses]  # fmt: skip
+        if masquerades or forwards:
+            firewall.replace(masquerades, forwards)
+        else:
+            firewall.remove()
+
+    def teardown_all(self) -> None:
+        """Remove the firewall table (for a host that drops its pod networks)."""
+        firewall.remove()
+
+
+def first_address(plan: dict[str, Any]) -> str:
+    """The pod's address on its first network that has one, without the prefix ('' if none)."""
+    return next(
+        (n["address"].split("/")[0] for n in plan.get("networks", []) if n.get("address")), ""
+    )
+
+
+def _check_port_free(request: PortRequest) -> None:
+    """A host port that something on the host listens on already is refused, not shadowed."""
+    kind = socket.SOCK_STREAM if request.protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        try:
+            probe.bind(("0.0.0.0", request.host_port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise NetworkError(
+                    f"ports: host port {request.key} is in use on this host"
+                ) from None
+            raise
+
+
+def _cni_options(config: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if "plugin_dirs" in config:
+        options["plugin_dirs"] = list(config["plugin_dirs"])
+    if "timeout" in config:
+        options["timeout"] = float(config["timeout"])
+    return options
