@@ -23,7 +23,7 @@ import zstandard
 
 from initrd import cpio
 from initrd.kernel import fetch
-from initrd.vm import Vm, free_port, make_data_disk, make_oem_disk, make_tls
+from initrd.vm import Vm, free_port, make_data_disk, provision
 from kurmad.api.v1 import kurma_pb2 as pb
 from kurmad.client import Client
 
@@ -107,8 +107,7 @@ def main() -> None:
     workdir = BUILD / "bench-vm"
     workdir.mkdir(parents=True, exist_ok=True)
     floor = floor_initramfs(workdir / "floor.cpio.zst")
-    tls, admin = make_tls(workdir)
-    oem = make_oem_disk(workdir, tls, "kurma")
+    oem, admin = provision(workdir)
     kurmad, peer = Series("kurmad: API ready"), Series("floor: /init powers off")
     last: pb.HostInfo | None = None
     for round_ in range(args.rounds):

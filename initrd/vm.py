@@ -75,16 +75,15 @@ def oem_config(console_password: str) -> dict[str, object]:
     return {"api": {"tls_dir": OEM_TLS_DIR}, "initial_pods": pods}
 
 
-def make_oem_disk(
-    build: Path, tls: TLSFiles, console_password: str, extra: dict[str, object] | None = None
-) -> Path:
+def make_oem_disk(build: Path, tls: TLSFiles, console_password: str) -> Path:
     """An ext4 image labelled KURMA_OEM with kurma.yml and the server's TLS files; made
     without mounting anything (mkfs.ext4 -d)."""
     image = build / "oem.img"
     with tempfile.TemporaryDirectory() as scratch:
         content = Path(scratch)
-        settings = {**oem_config(console_password), **(extra or {})}
-        (content / "kurma.yml").write_text(yaml.safe_dump(settings, sort_keys=False))
+        (content / "kurma.yml").write_text(
+            yaml.safe_dump(oem_config(console_password), sort_keys=False)
+        )
         (content / "tls").mkdir(mode=0o700)
         for source in (tls.ca_cert, tls.server_cert, tls.server_key):
             shutil.copy(source, content / "tls" / source.name)
@@ -106,13 +105,19 @@ def make_data_disk(path: Path, size: int = DATA_SIZE) -> Path:
     return path
 
 
+def provision(directory: Path, console_password: str = "kurma") -> tuple[Path, Path]:
+    """What one VM is given, in ``directory``: its OEM disk (with its TLS files) and the
+    admin bundle that reaches it."""
+    tls, admin = make_tls(directory)
+    return make_oem_disk(directory, tls, console_password), admin
+
+
 def prepare(build: Path, console_password: str = "kurma") -> Artifacts:
     initramfs = build / "initramfs.cpio.zst"
     if not initramfs.exists():
         raise SystemExit(f"{initramfs} is missing: run make initramfs (or make vm)")
-    tls, admin = make_tls(build)
-    return Artifacts(fetch(build), initramfs, make_oem_disk(build, tls, console_password),
-                     make_data_disk(build / "data.img"), admin)  # fmt: skip
+    oem, admin = provision(build, console_password)
+    return Artifacts(fetch(build), initramfs, oem, make_data_disk(build / "data.img"), admin)
 
 
 # --- running QEMU ------------------------------------------------------------------------------------

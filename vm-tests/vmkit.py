@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from initrd.kernel import fetch
-from initrd.vm import Vm, free_port, make_data_disk, make_oem_disk, make_tls
+from initrd.vm import Vm, free_port, make_data_disk, provision
 from kurmad.api.v1 import kurma_pb2 as pb
 from kurmad.client import Client, KurmaError
 
@@ -68,8 +68,7 @@ class Booted:
 def boot(workdir: Path, *, data: bool, append: str = "") -> Booted:
     workdir.mkdir(parents=True, exist_ok=True)
     kernel = fetch(BUILD)
-    tls, admin = make_tls(workdir)
-    oem = make_oem_disk(workdir, tls, "kurma")
+    oem, admin = provision(workdir)
     disks = [make_data_disk(workdir / "data.img", 512 * 2**20)] if data else []
     vm = Vm(kernel.vmlinuz, INITRAMFS, free_port(), console=workdir / "console.log", oem=oem,
             disks=disks, append=append, monitor=workdir / "monitor.sock",

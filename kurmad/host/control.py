@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from .info import BootStage, HostInfo, describe
 
 
@@ -16,9 +14,6 @@ class Host:
     its power alone. ``kurmad boot`` (host/boot.py) is a Host that owns the machine."""
 
     mode = "serve"
-
-    def __init__(self) -> None:
-        self._on_shutdown: list[Callable[[str], None]] = []
 
     def info(self) -> HostInfo:
         return describe(self.mode, self.boot_stages())

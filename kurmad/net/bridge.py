@@ -41,15 +41,6 @@ class BridgeSpec:
                    entry.get("gateway"), entry.get("mtu"), entry.get("masquerade", True))  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Attachment:
-    network: str
-    ifname: str  # in the pod
-    address: str  # ADDRESS/PREFIX
-    gateway: str
-    host_veth: str
-
-
 def veth_name(pod_uuid: str, index: int, prefix: str = VETH_PREFIX) -> str:
     return f"{prefix}{pod_uuid.replace('-', '')[:12]}{index}"
 
@@ -101,7 +92,7 @@ class BridgeNetwork:
         netns.write_sysctl(None, f"net.ipv4.conf.{self.spec.bridge}.route_localnet", "1")
 
     def attach(self, ipr: IPRoute, pod_uuid: str, index: int, namespace: Path, ifname: str,
-               address: str, default_route: bool) -> Attachment:  # fmt: skip
+               address: str, default_route: bool) -> None:  # fmt: skip
         """Wire the pod's namespace to the bridge; on failure nothing of it is left. The veth
         is made with its peer already in the pod's namespace, on the bridge and up, in one
         request: moving a device between namespaces later costs a wait for RCU."""
@@ -124,7 +115,6 @@ class BridgeNetwork:
             raise NetworkSetupError(
                 f"network {self.spec.name}: wiring pod {pod_uuid}: {err}"
             ) from None
-        return Attachment(self.spec.name, ifname, address, self.gateway, host)
 
     def _configure_inside(
         self, namespace: Path, peer: str, ifname: str, address: str, default_route: bool
@@ -145,8 +135,8 @@ class BridgeNetwork:
                 inside.route("add", dst="0.0.0.0/0", gateway=self.gateway, oif=index)
 
     def detach(self, ipr: IPRoute, pod_uuid: str, index: int) -> None:
-        """Remove the pod's veth pair by its host end (the other goes with it). Idempotent.
-        (When the pod's namespace is let go instead, the kernel removes the pair itself.)"""
+        """Remove the pod's veth pair by its host end (the other goes with it), after a failed
+        attach. Idempotent. (A wired pod's pair goes with its namespace.)"""
         found = ipr.link_lookup(ifname=veth_name(pod_uuid, index))
         if found:
             try:

@@ -121,11 +121,3 @@ def replace(masquerades: Iterable[Masquerade], forwards: Iterable[Forward]) -> N
 def remove() -> None:
     """Delete the table, and with it every rule kurmad made."""
     apply(f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
-
-
-def listing() -> str:
-    """The table as nft prints it ('' when there is none), for reports and tests."""
-    result = subprocess.run(
-        [nft_path(), "list", "table", "inet", TABLE], capture_output=True, text=True
-    )
-    return result.stdout if result.returncode == 0 else ""

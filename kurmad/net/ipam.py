@@ -53,9 +53,6 @@ class Ipam:
             self.path, {"subnet": str(self.subnet), "last": str(self._last), "leases": self._leases}
         )
 
-    def usable(self) -> int:
-        return self.subnet.num_addresses - 3  # network, broadcast, gateway
-
     def leases(self) -> dict[str, str]:
         with self._lock:
             return dict(self._leases)

@@ -142,45 +142,33 @@ class PodNetworks:
                 if name not in self._ensured:
                     bridge.ensure_bridge(ipr)
                     self._ensured.add(name)
-            attached = bridge.attach(ipr, pod_uuid, entry["index"], namespace, entry["ifname"],
-                                     entry["address"], default_route)  # fmt: skip
-            entry["gateway"] = attached.gateway
+            bridge.attach(ipr, pod_uuid, entry["index"], namespace, entry["ifname"],
+                          entry["address"], default_route)  # fmt: skip
+            entry["gateway"] = bridge.gateway
         else:
             entry["attempted"] = True  # a failed ADD still wants its DEL (the CNI spec)
             result = self.cni[name].add(pod_uuid, str(namespace), entry["ifname"])
             entry["cni"] = result.to_json()
             addresses = result.addresses_on(entry["ifname"]) or [ip.address for ip in result.ips]
             entry["address"] = addresses[0] if addresses else ""
-        entry["wired"] = True
 
     def unwire(self, pod_uuid: str, namespace: Path, plan: dict[str, Any]) -> list[str]:
         """Undo the wiring: the CNI plugins' DEL, then the namespace file. Letting go of the
         namespace takes its veths with it (the kernel destroys them once the namespace is
-        gone, without the ~15 ms wait a deletion costs); without a namespace file (a start
-        that failed early), the host ends are deleted here. Goes on past errors, returns them."""
+        gone, without the ~15 ms wait a deletion costs; a veth never outlives a failed attach,
+        which deletes it itself). Goes on past errors, returns them."""
         problems = []
         for entry in reversed(plan.get("networks", [])):
-            if entry["name"] in self.cni and (entry.get("cni") or entry.get("attempted")):
-                previous = CniResult.from_json(entry["cni"]) if entry.get("cni") else None
+            attempted, result = entry.pop("attempted", False), entry.pop("cni", None)
+            if entry["name"] in self.cni and (result or attempted):
+                previous = CniResult.from_json(result) if result else None
                 try:
                     self.cni[entry["name"]].delete(
                         pod_uuid, str(namespace), entry["ifname"], previous
                     )
                 except CniError as err:
                     problems.append(f"network {entry['name']}: {err}")
-        if namespace.exists():
-            netns.remove(namespace)
-        else:
-            with IPRoute() as ipr:
-                for entry in plan.get("networks", []):
-                    if entry["name"] in self.bridges:
-                        try:
-                            self.bridges[entry["name"]].detach(ipr, pod_uuid, entry["index"])
-                        except (NetlinkError, OSError) as err:
-                            problems.append(f"network {entry['name']}: {err}")
-        for entry in plan.get("networks", []):
-            for key in ("wired", "attempted", "cni"):
-                entry.pop(key, None)
+        netns.remove(namespace)
         with self._lock:
             had_ports = self._addresses.pop(pod_uuid, None) is not None and bool(plan.get("ports"))
         if had_ports:
@@ -202,6 +190,8 @@ class PodNetworks:
                 del self._ports[key]
             if mine:
                 self._save_ports()
+            # Only a pod still wired has forwards in the table; unwire has rewritten it otherwise.
+            if mine and self._addresses.pop(pod_uuid, None) is not None:
                 self._sync_firewall()
 
     def reconcile(self, live: dict[str, dict[str, Any]]) -> list[str]:
@@ -258,10 +248,6 @@ class PodNetworks:
             firewall.replace(masquerades, forwards)
         else:
             firewall.remove()
-
-    def teardown_all(self) -> None:
-        """Remove the firewall table (for a host that drops its pod networks)."""
-        firewall.remove()
 
 
 def first_address(plan: dict[str, Any]) -> str:

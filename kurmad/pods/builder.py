@@ -364,11 +364,8 @@ def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
     if base is None and not run.exec:
         raise InvalidPod(f"image {image.name} has no app to run; give a command")
     app = base or App(user="0", group="0")
-    own_ports = tuple(Port(ACName(f"{proto}-{port}"), proto, port) for _, port, proto in run.ports
-                      if all(p.name != f"{proto}-{port}" for p in app.ports))  # fmt: skip
     app = replace(
         app,
-        ports=app.ports + own_ports,
         exec=tuple(run.exec) or app.exec,
         environment=app.environment.merged(run.env),
         working_directory=run.working_directory or app.working_directory,
@@ -390,4 +387,10 @@ def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
         else {NETWORKS_ANNOTATION: run.networks} if run.networks else {}
     )  # fmt: skip
     return PodManifest(apps=(runtime,), volumes=tuple(volumes), annotations=pod_annotations,
-                       ports=tuple(ExposedPort(ACName(f"{proto}-{port}"), host) for host, port, proto in run.ports))  # fmt: skip
+                       ports=tuple(_exposed(host, port, proto) for host, port, proto in run.ports))  # fmt: skip
+
+
+def _exposed(host_port: int, port: int, protocol: str) -> ExposedPort:
+    """A ``-p HOSTPORT:PORT/PROTO`` as appc says it: the pod port carried by the exposed one."""
+    name = ACName(f"{protocol}-{port}")
+    return ExposedPort(name, host_port, pod_port=Port(name, protocol, port))
