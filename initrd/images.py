@@ -609,10 +609,7 @@ def console_image(rootfs: Rootfs, debs: DebSource, arch: str) -> ImageSpec:
         "user": "0",
         "group": "0",
         "isolators": [_capabilities(CONSOLE_CAPABILITIES)],
-        "mountPoints": [
-            {"name": "tty", "path": "/dev/ttyS0"},
-            {"name": "dropbear-keys", "path": "/var/lib/dropbear"},
-        ],
+        "mountPoints": [{"name": "dropbear-keys", "path": "/var/lib/dropbear"}],
         "ports": [{"name": "ssh", "protocol": "tcp", "port": 22}],
     }
     version = label_version(debs.deb(DROPBEAR_PACKAGE).version)

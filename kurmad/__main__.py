@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kurmad import __version__
+from kurmad.runtime.spec import DEFAULT_PIDS_LIMIT
 
 if TYPE_CHECKING:
     from kurmad.api.server import Daemon
@@ -58,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--cgroup-parent", default="kurmad", help="absolute, or under kurmad's own cgroup"
     )
     serve.add_argument("--image-quota", type=int, help="bytes the image store may use")
+    serve.add_argument("--allow-host-volume", action="append", default=[], type=Path, metavar="DIR",
+                       help="host paths below DIR may be volumes of any operator's pods (the "
+                            "admin role may mount others); repeatable")  # fmt: skip
+    serve.add_argument("--pids-limit", type=int, default=DEFAULT_PIDS_LIMIT, metavar="N",
+                       help=f"processes a pod may have at once (default {DEFAULT_PIDS_LIMIT})")  # fmt: skip
     serve.add_argument("--network-config", type=Path, metavar="FILE",
                        help="pod networks (YAML: a list of networks, or networks: and default:)")  # fmt: skip
     serve.set_defaults(func=_serve)
@@ -95,7 +101,7 @@ def _serve_booted_host(settings: ApiSettings, host: Host) -> Daemon:
 
     config = ServeConfig(state_dir=settings.state_dir, listen=settings.listen, insecure=settings.insecure,
                          tls_dir=settings.tls_dir, cgroup_parent=settings.cgroup_parent,
-                         networks=settings.networks)  # fmt: skip
+                         networks=settings.networks, host_volumes=settings.host_volumes)  # fmt: skip
     return Daemon(config, host)
 
 
@@ -117,11 +123,25 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServeConfig(
         state_dir=args.state_dir, listen=args.listen, insecure=args.insecure, socket=args.socket,
         cgroup_parent=args.cgroup_parent, image_quota=args.image_quota, networks=tuple(networks),
-        default_network=default,
+        default_network=default, host_volumes=_absolute_dirs(args.allow_host_volume),
+        pids_limit=_positive(args.pids_limit, "--pids-limit"),
     )  # fmt: skip
     daemon = Daemon(config)
     daemon.run_until_signalled()
     return 0
+
+
+def _absolute_dirs(paths: list[Path]) -> tuple[Path, ...]:
+    for path in paths:
+        if not path.is_absolute() or not path.is_dir():
+            raise ValueError(f"--allow-host-volume {path}: give an absolute path of a directory")
+    return tuple(paths)
+
+
+def _positive(value: int, option: str) -> int:
+    if value < 1:
+        raise ValueError(f"{option} {value}: must be at least 1")
+    return value
 
 
 def _network_config(path: Path | None) -> tuple[list[dict[str, Any]], str | None]:

@@ -93,11 +93,11 @@ class Client:
         volumes: list[tuple[str, str, bool]] | None = None, name: str = "", tty: bool = False,
         working_directory: str = "", user: str = "", group: str = "", start: bool = True,
         wait_running: bool = True, host_network: bool = False, networks: str = "",
-        ports: list[tuple[int, int, str]] | None = None,
+        ports: list[tuple[int, int, str]] | None = None, devices: list[str] | None = None,
     ) -> pb.Pod:  # fmt: skip
         """Create (and start) a pod of one app from ``image``."""
         spec = pb.RunSpec(image=image, exec=exec or [], env=env or {}, tty=tty, working_directory=working_directory,
-                          user=user, group=group, host_network=host_network, networks=networks,
+                          user=user, group=group, host_network=host_network, networks=networks, devices=devices or [],
                           ports=[pb.PortMapping(host_port=h, port=p, protocol=proto) for h, p, proto in ports or []],
                           volumes=[pb.VolumeMount(host_path=h, path=p, read_only=ro) for h, p, ro in volumes or []])  # fmt: skip
         request = pb.CreatePodRequest(run=spec, name=name, start=start, no_wait=not wait_running)

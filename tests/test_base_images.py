@@ -133,8 +133,9 @@ def test_apps(built: Built) -> None:
     console = built.manifest("console.aci").app
     assert console is not None
     assert console.exec == ("/usr/sbin/kurma-console",)
+    # the serial line comes as a device (the boot config's devices:), not a volume
     assert {(m.name, m.path) for m in console.mount_points} == {
-        ("tty", "/dev/ttyS0"), ("dropbear-keys", "/var/lib/dropbear")}  # fmt: skip
+        ("dropbear-keys", "/var/lib/dropbear")}  # fmt: skip
     retained = _retained(console)
     for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_SYS_TTY_CONFIG",
                 "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"):  # fmt: skip
@@ -268,7 +269,7 @@ def test_console_writes_and_removes_authorized_keys(built: Built, tmp_path: Path
 # --- the console for real: getty and login on a terminal, SSH with dropbear -------------------
 
 # A private mount namespace and network namespace give the chroot the /dev the executor would
-# (a few devices, and the terminal where the image's mount point puts the serial line) and a
+# (a few devices, and the terminal where the device isolator puts the serial line) and a
 # loopback of its own. The last line, run in that world, is the caller's.
 _CONSOLE_HARNESS = """
 set -e

@@ -20,6 +20,7 @@ from kurmad.images.store import ImageStore
 from kurmad.linux.cgroups import CgroupDriver
 from kurmad.pods.manager import PodManager
 from kurmad.pods.model import InvalidPod, Pod, PodConflict, PodState
+from kurmad.pods.privileges import PrivilegeRequired
 
 from .busybox import busybox_path, import_busybox
 from .tarcraft import file
@@ -60,8 +61,14 @@ def app(name: str, image_id: str, script: str, **fields: Any) -> dict[str, Any]:
     return {"name": name, "image": {"id": image_id}, "app": override, **fields}
 
 
+def create(manager: PodManager, pod: PodManifest, name: str | None = None) -> Pod:
+    """These tests are of the executor: they create as the admin role would (the roles'
+    limits are tested in test_privileges.py)."""
+    return manager.create(pod, name, allow_privileged=True)
+
+
 def run(manager: PodManager, apps: list[dict[str, Any]], timeout: float = 20, **extra: Any) -> Pod:
-    pod = manager.create(manifest(apps, **extra))
+    pod = create(manager, manifest(apps, **extra))
     manager.start(pod.uuid)
     return manager.wait(pod.uuid, timeout)
 
@@ -313,7 +320,8 @@ def test_a_failing_pre_start_fails_the_app(env) -> None:
 
 def test_stop_sends_sigterm_and_waits_for_a_clean_exit(env) -> None:
     manager, _, image = env
-    pod = manager.create(
+    pod = create(
+        manager,
         manifest(
             [
                 app(
@@ -322,7 +330,7 @@ def test_stop_sends_sigterm_and_waits_for_a_clean_exit(env) -> None:
                     "trap 'echo got-term; exit 7' TERM; echo up; while true; do sleep 0.05; done",
                 )
             ]
-        )
+        ),
     )
     manager.start(pod.uuid)
     time.sleep(0.3)
@@ -334,8 +342,9 @@ def test_stop_sends_sigterm_and_waits_for_a_clean_exit(env) -> None:
 
 def test_stop_kills_what_ignores_sigterm_after_the_grace_period(env) -> None:
     manager, _, image = env
-    pod = manager.create(
-        manifest([app("main", image.id, "trap '' TERM; echo up; while true; do sleep 0.05; done")])
+    pod = create(
+        manager,
+        manifest([app("main", image.id, "trap '' TERM; echo up; while true; do sleep 0.05; done")]),
     )
     manager.start(pod.uuid)
     time.sleep(0.3)
@@ -365,7 +374,7 @@ def test_a_crashing_app_is_reported_and_the_executor_carries_on(env) -> None:
 
 def test_one_failing_app_stops_its_pod_but_not_other_pods(env) -> None:
     manager, _, image = env
-    bystander = manager.create(manifest([app("calm", image.id, "sleep 30")]))
+    bystander = create(manager, manifest([app("calm", image.id, "sleep 30")]))
     manager.start(bystander.uuid)
     pod = run(
         manager,
@@ -384,9 +393,10 @@ def test_create_refuses_what_cannot_run(env, tmp_path: Path) -> None:
     manager, _, image = env
     missing_image = {"name": "main", "image": {"id": "sha512-" + "0" * 128}}
     with pytest.raises(InvalidPod, match="is not in the store"):
-        manager.create(manifest([missing_image]))
+        create(manager, manifest([missing_image]))
     with pytest.raises(InvalidPod, match="mount point data .* has no volume"):
-        manager.create(
+        create(
+            manager,
             manifest(
                 [
                     app(
@@ -396,18 +406,18 @@ def test_create_refuses_what_cannot_run(env, tmp_path: Path) -> None:
                         app={"mountPoints": [{"name": "data", "path": "/data"}]},
                     )
                 ]
-            )
+            ),
         )
     with pytest.raises(InvalidPod, match="host path /no/such/dir does not exist"):
-        manager.create(manifest([app("main", image.id, "true", mounts=[{"volume": "v", "path": "/v"}])],
+        create(manager, manifest([app("main", image.id, "true", mounts=[{"volume": "v", "path": "/v"}])],
                                 volumes=[{"name": "v", "kind": "host", "source": "/no/such/dir"}]))  # fmt: skip
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(InvalidPod, match="is a symlink"):
-        manager.create(manifest([app("main", image.id, "true", mounts=[{"volume": "v", "path": "/v"}])],
+        create(manager, manifest([app("main", image.id, "true", mounts=[{"volume": "v", "path": "/v"}])],
                                 volumes=[{"name": "v", "kind": "host", "source": str(tmp_path / "link")}]))  # fmt: skip
     with pytest.raises(InvalidPod, match="overlap"):
-        manager.create(manifest([app("main", image.id, "true", mounts=[{"volume": "v", "path": "/a"}, {"volume": "v", "path": "/a/b"}])],
+        create(manager, manifest([app("main", image.id, "true", mounts=[{"volume": "v", "path": "/a"}, {"volume": "v", "path": "/a/b"}])],
                                 volumes=[{"name": "v", "kind": "empty"}]))  # fmt: skip
 
 
@@ -415,23 +425,23 @@ def test_a_template_is_reified_by_name_and_labels(env) -> None:
     manager, _, image = env
     template = PodManifest.from_json({"acKind": "PodManifest", "acVersion": "0.7.4", "apps": [
         {"name": "main", "image": {"name": "example.com/busybox"}, "app": {"exec": ["/bin/true"], "user": "0", "group": "0"}}]})  # fmt: skip
-    pod = manager.create(template)
+    pod = create(manager, template)
     assert pod.manifest.apps[0].image.id == image.id
 
 
 def test_names_are_unique_and_pods_are_found_by_name_uuid_or_prefix(env) -> None:
     manager, _, image = env
-    pod = manager.create(manifest([app("main", image.id, "true")]), name="unique-one")
+    pod = create(manager, manifest([app("main", image.id, "true")]), name="unique-one")
     with pytest.raises(PodConflict, match="exists already"):
-        manager.create(manifest([app("main", image.id, "true")]), name="unique-one")
+        create(manager, manifest([app("main", image.id, "true")]), name="unique-one")
     assert manager.get("unique-one").uuid == manager.get(pod.uuid[:8]).uuid == pod.uuid
     with pytest.raises(InvalidPod, match="pod name"):
-        manager.create(manifest([app("main", image.id, "true")]), name="Not A Name")
+        create(manager, manifest([app("main", image.id, "true")]), name="Not A Name")
 
 
 def test_removing_a_running_pod_needs_force_and_frees_its_images(env) -> None:
     manager, store, image = env
-    pod = manager.create(manifest([app("main", image.id, "sleep 30")]))
+    pod = create(manager, manifest([app("main", image.id, "sleep 30")]))
     manager.start(pod.uuid)
     with pytest.raises(PodConflict, match="stop it first"):
         manager.remove(pod.uuid)
@@ -446,8 +456,9 @@ def test_removing_a_running_pod_needs_force_and_frees_its_images(env) -> None:
 
 def test_logs_keep_streams_apart_and_follow_until_the_app_ends(env) -> None:
     manager, _, image = env
-    pod = manager.create(
-        manifest([app("main", image.id, "echo one; echo two >&2; sleep 0.5; printf three")])
+    pod = create(
+        manager,
+        manifest([app("main", image.id, "echo one; echo two >&2; sleep 0.5; printf three")]),
     )
     manager.start(pod.uuid)
     records = list(manager.logs(pod.uuid, follow=True))
@@ -459,7 +470,8 @@ def test_logs_keep_streams_apart_and_follow_until_the_app_ends(env) -> None:
 
 def test_enter_runs_in_the_apps_namespaces_with_its_user(env) -> None:
     manager, _, image = env
-    pod = manager.create(
+    pod = create(
+        manager,
         manifest(
             [
                 app(
@@ -469,7 +481,7 @@ def test_enter_runs_in_the_apps_namespaces_with_its_user(env) -> None:
                     app={"user": "app", "group": "appgroup"},
                 )
             ]
-        )
+        ),
     )
     manager.start(pod.uuid)
     time.sleep(0.3)
@@ -485,7 +497,7 @@ def test_enter_runs_in_the_apps_namespaces_with_its_user(env) -> None:
 
 def test_enter_with_a_terminal(env) -> None:
     manager, _, image = env
-    pod = manager.create(manifest([app("main", image.id, "sleep 30")]))
+    pod = create(manager, manifest([app("main", image.id, "sleep 30")]))
     manager.start(pod.uuid)
     time.sleep(0.2)
     entered = manager.enter(
@@ -623,7 +635,7 @@ def test_memory_limit_kills_an_app_that_exceeds_it(env) -> None:
 
 def test_cpu_limit_and_shares_reach_the_cgroup(env) -> None:
     manager, _, image = env
-    pod = manager.create(manifest([app("main", image.id, "sleep 30", app={"isolators": [
+    pod = create(manager, manifest([app("main", image.id, "sleep 30", app={"isolators": [
         isolator("resource/cpu", {"request": "250m", "limit": "500m"})]})]))  # fmt: skip
     manager.start(pod.uuid)
     group = manager.cgroup(pod.uuid, "main")
@@ -638,11 +650,12 @@ def test_cpu_limit_and_shares_reach_the_cgroup(env) -> None:
 
 def test_pod_limits_bound_the_apps(env) -> None:
     manager, _, image = env
-    pod = manager.create(
+    pod = create(
+        manager,
         manifest(
             [app("main", image.id, "sleep 30")],
             isolators=[isolator("resource/memory", {"limit": "64Mi"})],
-        )
+        ),
     )
     manager.start(pod.uuid)
     memory = manager.cgroup(pod.uuid).dirs["memory"]
@@ -655,18 +668,30 @@ def test_pod_limits_bound_the_apps(env) -> None:
     assert not memory.exists(), "the pod's cgroup goes with the pod"
 
 
-def test_sysctls_apply_to_the_pod_and_host_ones_are_refused(env) -> None:
+def test_sysctls_apply_to_the_pod_and_host_ones_need_the_admin_role(env) -> None:
     manager, _, image = env
     pod = run(manager, [app("main", image.id, "cat /proc/sys/net/ipv4/ip_forward")],
               isolators=[isolator("os/unix/sysctl", {"net.ipv4.ip_forward": "1"})])  # fmt: skip
     assert output(manager, pod) == "1"
-    with pytest.raises(InvalidPod, match="kernel.panic is not namespaced"):
-        manager.create(
-            manifest(
-                [app("main", image.id, "true")],
-                isolators=[isolator("os/unix/sysctl", {"kernel.panic": "1"})],
+    host_wide = manifest(
+        [app("main", image.id, "true")],
+        isolators=[isolator("os/unix/sysctl", {"kernel.panic": "1"})],
+    )
+    with pytest.raises(
+        PrivilegeRequired, match=r"sysctl kernel.panic \(not in the pod's namespaces\)"
+    ):
+        manager.create(host_wide)
+    for bad, why in (
+        ({"kernel.panic": "1\n2"}, "newline"),
+        ({"../../etc/x": "1"}, "not a sysctl name"),
+    ):
+        with pytest.raises(InvalidPod, match=why):
+            create(
+                manager,
+                manifest(
+                    [app("main", image.id, "true")], isolators=[isolator("os/unix/sysctl", bad)]
+                ),
             )
-        )
 
 
 def test_oom_score_adj_can_be_raised(env) -> None:
@@ -682,7 +707,7 @@ def test_oom_score_adj_can_be_raised(env) -> None:
 
 def test_ignored_isolators_are_reported(env) -> None:
     manager, _, image = env
-    pod = manager.create(manifest([app("main", image.id, "true", app={"isolators": [
+    pod = create(manager, manifest([app("main", image.id, "true", app={"isolators": [
         isolator("example.com/ponies", 1), isolator("resource/network-bandwidth", {"default": True, "limit": "1M"}),
         isolator("resource/memory", {"limit": "1G"})]})]))  # fmt: skip
     report = pod.apps[0].isolators
@@ -695,10 +720,10 @@ def test_ignored_isolators_are_reported(env) -> None:
 def test_unknown_capabilities_and_syscalls_are_refused_at_create(env) -> None:
     manager, _, image = env
     with pytest.raises(InvalidPod, match="unknown capability 'CAP_PONIES'"):
-        manager.create(manifest([app("main", image.id, "true", app={"isolators": [
+        create(manager, manifest([app("main", image.id, "true", app={"isolators": [
             isolator("os/linux/capabilities-retain-set", {"set": ["CAP_PONIES"]})]})]))  # fmt: skip
     with pytest.raises(InvalidPod, match="unknown system call 'frobnicate'"):
-        manager.create(manifest([app("main", image.id, "true", app={"isolators": [
+        create(manager, manifest([app("main", image.id, "true", app={"isolators": [
             isolator("os/linux/seccomp-remove-set", {"set": ["frobnicate"]})]})]))  # fmt: skip
 
 
@@ -768,8 +793,8 @@ def test_block_io_limits_and_cpu_shares_reach_the_cgroup(env) -> None:
     isolators = [isolator("resource/block-bandwidth", {"default": True, "limit": "10M"}),
                  isolator("resource/block-iops", {"default": True, "limit": "500"}),
                  isolator("os/linux/cpu-shares", 2048)]  # fmt: skip
-    pod = manager.create(
-        manifest([app("main", image.id, "sleep 30", app={"isolators": isolators})])
+    pod = create(
+        manager, manifest([app("main", image.id, "sleep 30", app={"isolators": isolators})])
     )
     manager.start(pod.uuid)
     group = manager.cgroup(pod.uuid, "main")

@@ -76,8 +76,9 @@ def image(record: ImageRecord, used_by: list[str]) -> pb.Image:
     )
 
 
-def host_info(info: HostInfo, pods: int, images: int) -> pb.HostInfo:
+def host_info(info: HostInfo, pods: int, images: int, quarantined: list[str]) -> pb.HostInfo:
     return pb.HostInfo(
+        quarantined=quarantined,
         hostname=info.hostname,
         kernel=info.kernel,
         cpus=info.cpus,

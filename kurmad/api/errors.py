@@ -21,14 +21,24 @@ from kurmad.images.store import (
     QuotaExceeded,
     StoreError,
 )
-from kurmad.pods.model import InvalidPod, PodConflict, PodExists, PodNotFound
+from kurmad.pods.model import InvalidPod, PodConflict, PodExists, PodNotFound, PodStorageError
+from kurmad.pods.privileges import Forbidden, PrivilegeRequired
 
 log = logging.getLogger("kurmad.api")
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+class BadRequest(ValueError):
+    """The request message itself is wrong (a field missing, or out of bounds)."""
+
+
 # most specific first
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (PrivilegeRequired, grpc.StatusCode.PERMISSION_DENIED),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
+    (PodStorageError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidPod, grpc.StatusCode.INVALID_ARGUMENT),
     (PodNotFound, grpc.StatusCode.NOT_FOUND),
     (PodExists, grpc.StatusCode.ALREADY_EXISTS),
@@ -78,8 +88,8 @@ def handled_stream(method: F) -> F:
 
 
 def _abort(context: grpc.ServicerContext, err: Exception) -> None:
-    if isinstance(err, grpc.RpcError) and context.code() is not None:
-        raise err  # already aborted by context.abort
+    if context.code() is not None:
+        raise err  # context.abort ran already: its status and message stand
     code = status_of(err)
     if code == grpc.StatusCode.INTERNAL:
         log.exception("unexpected error")

@@ -22,6 +22,8 @@ from kurmad.images.store import ImageStore
 from kurmad.net.pods import PodNetworks
 from kurmad.pods.events import EventBus
 from kurmad.pods.manager import PodManager
+from kurmad.pods.privileges import HostPolicy
+from kurmad.runtime.spec import DEFAULT_PIDS_LIMIT
 
 from . import auth
 from .services import HostService, ImagesService, PodsService
@@ -33,6 +35,8 @@ SOCKET_NAME = "kurmad.sock"
 # Streams (logs -f, events, exec) each hold a worker thread for as long as they run.
 WORKERS = 64
 _MESSAGE_LIMIT = 64 * 2**20
+# How long a stop may take beyond its grace before the daemon leaves regardless.
+STOP_MARGIN = 10.0
 
 
 @dataclass(frozen=True)
@@ -46,16 +50,31 @@ class ServeConfig:
     tls_dir: Path | None = None  # default: <state-dir>/tls (made on first use)
     networks: tuple[dict[str, Any], ...] = ()  # pod networks (net/pods.py); none: pods get lo only
     default_network: str | None = None  # default: the first
+    host_volumes: tuple[Path, ...] = ()  # host paths below which any operator may mount volumes
+    pids_limit: int | None = DEFAULT_PIDS_LIMIT  # processes per pod
 
     @property
     def socket_path(self) -> Path:
         return self.socket or self.state_dir / SOCKET_NAME
+
+    @property
+    def tls_path(self) -> Path:
+        return self.tls_dir or self.state_dir / "tls"
+
+    def host_policy(self) -> HostPolicy:
+        """What pods may not reach: the state, the TLS files and the API socket."""
+        return HostPolicy(
+            protected=(str(self.state_dir), str(self.tls_path), str(self.socket_path)),
+            host_volumes=tuple(str(p) for p in self.host_volumes),
+            api_socket=str(self.socket_path),
+        )
 
 
 class Daemon:
     def __init__(self, config: ServeConfig, host: Host | None = None) -> None:
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(config.state_dir, 0o700)  # one made earlier, by hand or by an older kurmad
         self.events = EventBus()
         self.host = host or Host()
         self.store = ImageStore(config.state_dir / "images", quota_bytes=config.image_quota)
@@ -66,7 +85,7 @@ class Daemon:
         )  # fmt: skip
         self.manager = PodManager(
             config.state_dir, self.store, cgroup_parent=config.cgroup_parent, events=self.events,
-            networks=networks,
+            networks=networks, host_policy=config.host_policy(), pids_limit=config.pids_limit,
         )  # fmt: skip
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="rpc"),
@@ -129,18 +148,33 @@ class Daemon:
         log.info("serving on %s", ", ".join(self.endpoints))
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop serving. Pods keep running; a new daemon re-adopts them."""
-        self.health.enter_graceful_shutdown()
-        self.events.close()
-        self.server.stop(grace).wait()
-        self.manager.close()
-        self.store.close()
-        self._stopped.set()
+        """Stop serving. Pods keep running; a new daemon re-adopts them. Each step runs
+        whatever the one before it raised: a stop always ends."""
+        steps = (self.health.enter_graceful_shutdown, self.events.close,
+                 lambda: self.server.stop(grace).wait(grace + 1), self.manager.close, self.store.close)  # fmt: skip
+        try:
+            for step in steps:
+                try:
+                    step()
+                except Exception:
+                    log.exception("while stopping")
+        finally:
+            self._stopped.set()
 
-    def run_until_signalled(self) -> None:
+    def run_until_signalled(self, grace: float = 5.0) -> None:
+        """Serve until SIGTERM or SIGINT; then stop, and end even if stopping hangs (a full
+        disk, a stuck thread): pods live on without us."""
+        signalled = threading.Event()
+
+        def on_signal(*_: Any) -> None:
+            signalled.set()
+            threading.Thread(target=self.stop, args=(grace,), daemon=True).start()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(
-                signum, lambda *_: threading.Thread(target=self.stop, daemon=True).start()
-            )
+            signal.signal(signum, on_signal)
         self.start()
-        self._stopped.wait()
+        signalled.wait()
+        if not self._stopped.wait(grace + STOP_MARGIN):
+            log.error("stopping took longer than %.0fs; leaving now", grace + STOP_MARGIN)
+            logging.shutdown()
+            os._exit(1)  # a thread that hangs must not keep the process alive

@@ -25,8 +25,8 @@ from kurmad.pods.manager import PodManager
 from kurmad.pods.model import PodConflict
 from kurmad.runtime.podinit import TTY_SOCKET
 
-from . import convert
-from .errors import handled, handled_stream
+from . import auth, convert
+from .errors import BadRequest, handled, handled_stream
 from .v1 import kurma_pb2 as pb
 from .v1 import kurma_pb2_grpc as rpc
 
@@ -44,8 +44,11 @@ class PodsService(rpc.PodsServicer):
         elif request.manifest_json:
             manifest = PodManifest.from_json(loads(request.manifest_json))
         else:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give a manifest or a run spec")
-        pod = self.manager.create(manifest, request.name or None)
+            raise BadRequest("give a manifest (manifest_json) or a run spec (run)")
+        admin = auth.current_caller().role == "admin"
+        pod = self.manager.create(
+            manifest, request.name or None, allow_privileged=admin, start_next=request.start
+        )
         if request.start:
             pod = self.manager.start(pod.uuid, wait=not request.no_wait)
         return convert.pod(pod)
@@ -152,6 +155,7 @@ def _run_request(run: pb.RunSpec) -> RunRequest:
         working_directory=run.working_directory, user=run.user, group=run.group, tty=run.tty,
         app_name=run.app_name, host_network=run.host_network, networks=run.networks,
         ports=[(p.host_port, p.port, p.protocol or "tcp") for p in run.ports],
+        devices=list(run.devices),
     )  # fmt: skip
 
 
@@ -316,8 +320,9 @@ class HostService(rpc.HostServicer):
     @handled
     def Info(self, request: pb.HostInfoRequest, context: grpc.ServicerContext) -> pb.HostInfo:
         return convert.host_info(
-            self.host.info(), len(self.manager.pods()), len(self.store.images())
-        )
+            self.host.info(), len(self.manager.pods()), len(self.store.images()),
+            self.manager.quarantined,
+        )  # fmt: skip
 
     @handled_stream
     def Events(

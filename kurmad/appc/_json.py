@@ -23,6 +23,8 @@ def loads(text: str | bytes, path: str = "") -> Any:
         return json.loads(text, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as err:
         raise ValidationError(path, f"not valid JSON: {_json_reason(err)}") from None
+    except RecursionError:
+        raise ValidationError(path, "not accepted: the JSON is nested too deeply") from None
 
 
 def _reject_constant(name: str) -> Any:

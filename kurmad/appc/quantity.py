@@ -41,7 +41,11 @@ class Quantity:
                 f"{quote(text)} is not a quantity: expected a number with an optional suffix "
                 "(m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei or an exponent like e6)",
             )
-        return cls(text, _amount(match["number"], match["suffix"]))
+        try:
+            amount = _amount(match["number"], match["suffix"])
+        except ArithmeticError:  # an exponent beyond what a Decimal holds
+            raise ValidationError(path, f"{quote(text)} is out of range") from None
+        return cls(text, amount)
 
     @classmethod
     def from_json(cls, value: object, path: str) -> Quantity:

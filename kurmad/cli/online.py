@@ -86,7 +86,7 @@ def run_pod(args: argparse.Namespace) -> int:
         pod = kurma.run(image, exec=_command(args, args.command), env=_pairs(args.env, "environment"),
                         volumes=_volumes(args.volume), name=args.name, tty=args.tty,
                         working_directory=args.workdir, user=user, group=group, host_network=args.net == "host",
-                        networks="" if args.net == "host" else args.net, ports=_ports(args.publish),
+                        networks="" if args.net == "host" else args.net, ports=_ports(args.publish), devices=args.device,
                         wait_running=args.detach or args.tty)  # attached runs learn of failures from Wait  # fmt: skip
         if args.detach:
             print(pod.name)

@@ -131,6 +131,7 @@ def host_info(info: pb.HostInfo) -> None:
              f"memory:    {size(info.memory_available)} free of {size(info.memory_total)}",
              f"uptime:    {info.uptime_seconds:.0f}s", f"kurmad:    {info.kurmad_version} (python {info.python_version})",
              f"pods:      {info.pods}", f"images:    {info.images}"]  # fmt: skip
+    lines += [f"quarantined pod: {why}" for why in info.quarantined]
     sys.stdout.write("\n".join(lines) + "\n")
     if info.boot_stages:
         sys.stdout.write("boot stages:\n")

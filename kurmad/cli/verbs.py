@@ -35,6 +35,8 @@ def add_pod_verbs(verbs: argparse._SubParsersAction, connection: argparse.Argume
                           "none: loopback only; host: share the host's network namespace")  # fmt: skip
     run.add_argument("-p", "--publish", action="append", default=[], metavar="HOSTPORT:PORT[/udp]",
                      help="publish a port of the pod on the host")  # fmt: skip
+    run.add_argument("--device", action="append", default=[], metavar="/dev/NAME",
+                     help="give the app a host device (admin role)")  # fmt: skip
     run.set_defaults(handler="online:run_pod")
 
     create = verbs.add_parser(

@@ -52,6 +52,7 @@ class ApiSettings:
     tls_dir: Path | None
     cgroup_parent: str
     networks: tuple[dict[str, Any], ...] = ()  # pod networks; the first is the default
+    host_volumes: tuple[Path, ...] = ()  # where any operator may mount host paths from
 
 
 class Services(Protocol):
@@ -283,6 +284,7 @@ class Boot:
             tls_dir=Path(api["tls_dir"]) if api.get("tls_dir") else None,
             cgroup_parent=self.config["cgroup_parent"],
             networks=tuple(self.config["pod_networks"]),
+            host_volumes=tuple(Path(p) for p in api.get("allow_host_volumes", [])),
         )
         self.daemon = self.serve(settings, self.host)
         self.daemon.start()

@@ -58,7 +58,9 @@ _DISK_KEYS = {
     "optional",
 }
 _INTERFACE_KEYS = {"match", "dhcp", "address", "gateway", "mtu"}
-_POD_KEYS = {"name", "image", "exec", "env", "restart", "manifest", "volumes", "host_network"}
+_POD_KEYS = {
+    "name", "image", "exec", "env", "restart", "manifest", "volumes", "host_network", "devices",
+}  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -188,9 +190,14 @@ def _check_network(value: Any) -> None:
 
 def _check_api(value: Any) -> None:
     _expect(value, dict, "api")
-    _known_keys(value, {"listen", "insecure", "tls_dir"}, "api")
+    _known_keys(value, {"listen", "insecure", "tls_dir", "allow_host_volumes"}, "api")
     if "insecure" in value:
         _expect(value["insecure"], bool, "api.insecure")
+    for i, path in enumerate(
+        _expect(value.get("allow_host_volumes", []), list, "api.allow_host_volumes")
+    ):
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigError(f"api.allow_host_volumes[{i}]: {path!r} must be an absolute path")
     if "tls_dir" in value:
         _expect(value["tls_dir"], str, "api.tls_dir")
     listen = value.get("listen", "")
@@ -217,9 +224,13 @@ def _check_initial_pods(value: Any) -> None:
             ("env", dict),
             ("manifest", dict),
             ("volumes", list),
+            ("devices", list),
         ):
             if key in pod:
                 _expect(pod[key], kind, f"{path}.{key}")
+        for j, device in enumerate(pod.get("devices", [])):
+            if not isinstance(device, str) or not device.startswith("/dev/"):
+                raise ConfigError(f"{path}.devices[{j}]: {device!r} must be a path under /dev")
         for j, volume in enumerate(pod.get("volumes", [])):
             try:
                 parse_volume(_expect(volume, str, f"{path}.volumes[{j}]"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import signal
@@ -249,3 +250,39 @@ def filesystem_supported(name: str) -> bool:
             return any(line.split()[-1] == name for line in f if line.strip())
     except OSError:
         return False
+
+
+# <linux/mount.h>: mount_setattr(2), which changes the flags of a whole mount tree at once
+_SYS_MOUNT_SETATTR = 442
+_AT_FDCWD = -100
+_AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def set_mount_flags(target: str | os.PathLike[str], attributes: int) -> None:
+    """Add MOUNT_ATTR_* ``attributes`` to the mount at ``target`` and every mount below it.
+    Kernels before 5.12 lack mount_setattr: then only the top mount is remounted."""
+    attr = _MountAttr(attributes, 0, 0, 0)
+    result = _libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, os.fsencode(target), _AT_RECURSIVE,
+                           ctypes.byref(attr), ctypes.sizeof(attr))  # fmt: skip
+    if result == 0:
+        return
+    err = ctypes.get_errno()
+    if err != errno.ENOSYS:
+        raise OSError(err, f"mount_setattr {os.fspath(target)}: {os.strerror(err)}")
+    flags = {MOUNT_ATTR_RDONLY: MS_RDONLY, MOUNT_ATTR_NOSUID: MS_NOSUID,
+             MOUNT_ATTR_NODEV: MS_NODEV, MOUNT_ATTR_NOEXEC: MS_NOEXEC}  # fmt: skip
+    remount = sum(flag for attribute, flag in flags.items() if attributes & attribute)
+    mount(None, target, None, MS_BIND | MS_REMOUNT | remount)

@@ -16,6 +16,7 @@ from kurmad.appc import (
     App,
     ExposedPort,
     ImageID,
+    Isolator,
     Mount,
     MountPoint,
     PodManifest,
@@ -30,6 +31,8 @@ from kurmad.images.render import RenderError, layer_ids, render
 from kurmad.images.store import ImageNotFound, ImageRecord, ImageStore, StoreError
 from kurmad.net.ports import PortRequest
 from kurmad.runtime.isolators import (
+    API_SOCKET_ISOLATOR,
+    DEVICES_ISOLATOR,
     AppPolicy,
     IsolatorError,
     Report,
@@ -100,7 +103,7 @@ def resolve_pod(manifest: PodManifest, store: ImageStore) -> ResolvedPod:
     apps = [_resolve_app(manifest, runtime, store) for runtime in manifest.apps]
     for app in apps:
         sysctls.update(app.policy.sysctls)
-    host_network = _host_network(manifest, sysctls)
+    host_network = _host_network(manifest)
     networks = manifest.annotations.get(NETWORKS_ANNOTATION)
     if host_network and networks not in (None, "host"):
         raise InvalidPod(
@@ -132,19 +135,13 @@ def _published_ports(manifest: PodManifest, apps: list[ResolvedApp]) -> list[Por
     return published
 
 
-def _host_network(manifest: PodManifest, sysctls: dict[str, str]) -> bool:
+def _host_network(manifest: PodManifest) -> bool:
     value = manifest.annotations.get(HOST_NETWORK_ANNOTATION)
     if value not in (None, "true", "false"):
         raise InvalidPod(
             f"annotations: {HOST_NETWORK_ANNOTATION} must be true or false, not {value!r}"
         )
-    shared = value == "true"
-    for key in sysctls if shared else ():
-        if key.startswith("net."):
-            raise InvalidPod(
-                f"isolators: sysctl {key} would change the host's network, which this pod shares"
-            )
-    return shared
+    return value == "true"
 
 
 def _resolve_app(manifest: PodManifest, runtime: RuntimeApp, store: ImageStore) -> ResolvedApp:
@@ -159,6 +156,7 @@ def _resolve_app(manifest: PodManifest, runtime: RuntimeApp, store: ImageStore) 
         raise InvalidPod(
             f"{where}: nothing to run (no exec in the image {image.name} or in the pod)"
         )
+    _check_no_nul(app, where)
     try:
         policy = app_policy(app.isolators, manifest.isolators)
     except IsolatorError as err:
@@ -169,6 +167,21 @@ def _resolve_app(manifest: PodManifest, runtime: RuntimeApp, store: ImageStore) 
         image=replace(runtime.image, id=image.id, name=runtime.image.name or image.manifest.name),
     )
     return ResolvedApp(reified, image, app, policy, mounts)
+
+
+def _check_no_nul(app: App, where: str) -> None:
+    """The kernel takes C strings: a NUL in a command, a variable or a path would cut it
+    short (or fail the exec after the pod is made); refused here instead."""
+    handlers = [(f"eventHandlers.{h.name}.exec", list(h.exec)) for h in app.event_handlers]
+    fields: list[tuple[str, list[str]]] = [
+        ("exec", list(app.exec)), *handlers, ("user", [app.user]), ("group", [app.group]),
+        ("workingDirectory", [app.working_directory]),
+        ("environment", [f"{k}={v}" for k, v in app.environment.items()]),
+        ("mountPoints", [m.path for m in app.mount_points]),
+    ]  # fmt: skip
+    for name, values in fields:
+        if any("\0" in value for value in values):
+            raise InvalidPod(f"{where}: {name} holds a NUL character")
 
 
 def _find_image(runtime: RuntimeApp, store: ImageStore, where: str) -> ImageRecord:
@@ -222,6 +235,11 @@ def _mounts(manifest: PodManifest, runtime: RuntimeApp, app: App, where: str) ->
     for planned in mounts:
         if planned.volume.kind == KIND_HOST:
             _check_host_source(planned.volume, where)
+        elif planned.volume.effective_mode > 0o777:
+            raise InvalidPod(
+                f"{where}: volume {planned.volume.name}: mode {planned.volume.mode} is more "
+                "than 0777 (setuid, setgid and sticky bits are not for volumes)"
+            )
     return mounts
 
 
@@ -231,6 +249,8 @@ def _mount_point_at(app: App, path: str) -> MountPoint | None:
 
 def _check_targets(mounts: list[AppMount], where: str) -> None:
     """ace.md: overlapping or nested mount targets are an error."""
+    if any("\0" in m.path for m in mounts):
+        raise InvalidPod(f"{where}: a mount path holds a NUL character")
     paths = sorted(os.path.normpath("/" + m.path) for m in mounts)
     for path in paths:
         if not path.startswith("/") or path == "/":
@@ -243,6 +263,8 @@ def _check_targets(mounts: list[AppMount], where: str) -> None:
 def _check_host_source(volume: Volume, where: str) -> None:
     """ace.md: a missing source is an error, and so is a symlink on the way to it."""
     assert volume.source is not None
+    if "\0" in volume.source:
+        raise InvalidPod(f"{where}: volume {volume.name}: the host path holds a NUL character")
     current = "/"
     for part in [p for p in volume.source.split("/") if p]:
         current = os.path.join(current, part)
@@ -261,8 +283,11 @@ def _check_host_source(volume: Volume, where: str) -> None:
 # --- at start: the runtime spec ---------------------------------------------------------------------
 
 
-def app_spec(resolved: ResolvedApp, store: ImageStore, pod_dir: Path) -> AppSpec:
-    """What the executor needs to run one app (renders its image now)."""
+def app_spec(
+    resolved: ResolvedApp, store: ImageStore, pod_dir: Path, api_socket: str | None = None
+) -> AppSpec:
+    """What the executor needs to run one app (renders its image now); ``api_socket`` is the
+    host's API socket, for an app that asked for it (kurmad.io/api-socket)."""
     app = resolved.app
     try:
         lower = render(store, resolved.image)
@@ -282,7 +307,8 @@ def app_spec(resolved: ResolvedApp, store: ImageStore, pod_dir: Path) -> AppSpec
         working_directory=app.working_directory or "/",
         pre_start=handler.get("pre-start") or None,
         post_stop=handler.get("post-stop") or None,
-        mounts=[_mount_spec(m, pod_dir) for m in resolved.mounts],
+        mounts=[_mount_spec(m, pod_dir) for m in resolved.mounts]
+        + _api_socket_mount(policy.api_socket, api_socket),
         read_only_rootfs=resolved.runtime.read_only_root_fs,
         capabilities=policy.capabilities,
         no_new_privileges=policy.no_new_privileges,
@@ -295,7 +321,16 @@ def app_spec(resolved: ResolvedApp, store: ImageStore, pod_dir: Path) -> AppSpec
         ],
         limits=policy.limits,
         tty=resolved.runtime.annotations.get(TTY_ANNOTATION) == "true",
+        devices=list(policy.devices),
     )
+
+
+def _api_socket_mount(target: str | None, socket_path: str | None) -> list[MountSpec]:
+    if target is None:
+        return []
+    if socket_path is None:
+        raise InvalidPod(f"{API_SOCKET_ISOLATOR}: this kurmad has no API socket to give")
+    return [MountSpec(socket_path, target, read_only=False, recursive=False)]
 
 
 def environment(app_name: str, app: App) -> dict[str, str]:
@@ -349,6 +384,7 @@ class RunRequest:
     host_network: bool = False
     networks: str = ""  # comma-separated names, "none" or "host"; empty: the default
     ports: list[tuple[int, int, str]] = field(default_factory=list)  # host port, port, tcp|udp
+    devices: list[str] = field(default_factory=list)  # host device nodes (kurmad.io/devices)
 
 
 def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
@@ -371,6 +407,7 @@ def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
         working_directory=run.working_directory or app.working_directory,
         user=run.user or app.user,
         group=run.group or app.group,
+        isolators=app.isolators + _device_isolators(run.devices),
     )
     name = run.app_name or sanitize_ac_name(image.name.rsplit("/", 1)[-1])
     volumes = [Volume(ACName(f"volume-{i}"), KIND_HOST, source=host, read_only=read_only or None)
@@ -386,8 +423,17 @@ def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
         {HOST_NETWORK_ANNOTATION: "true"} if run.host_network
         else {NETWORKS_ANNOTATION: run.networks} if run.networks else {}
     )  # fmt: skip
-    return PodManifest(apps=(runtime,), volumes=tuple(volumes), annotations=pod_annotations,
-                       ports=tuple(_exposed(host, port, proto) for host, port, proto in run.ports))  # fmt: skip
+    built = PodManifest(apps=(runtime,), volumes=tuple(volumes), annotations=pod_annotations,
+                        ports=tuple(_exposed(host, port, proto) for host, port, proto in run.ports))  # fmt: skip
+    # Built from parts rather than parsed, so check it the way a stored pod is read back.
+    return PodManifest.from_json(built.to_json())
+
+
+def _device_isolators(paths: list[str]) -> tuple[Isolator, ...]:
+    if not paths:
+        return ()
+    value = {"devices": [{"path": path} for path in paths]}
+    return (Isolator.from_json({"name": DEVICES_ISOLATOR, "value": value}, "devices"),)
 
 
 def _exposed(host_port: int, port: int, protocol: str) -> ExposedPort:

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid as uuid_module
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,15 @@ from kurmad.net import netns
 from kurmad.net.pods import NetworkError, PodNetworks, first_address
 from kurmad.runtime.launcher import Entered, Launcher, LauncherError
 from kurmad.runtime.logs import LogRecord, read_logs
-from kurmad.runtime.spec import SPEC_FILE, STATUS_FILE, STOP_FILE, AppSpec, Limits, PodSpec
+from kurmad.runtime.spec import (
+    DEFAULT_PIDS_LIMIT,
+    SPEC_FILE,
+    STATUS_FILE,
+    STOP_FILE,
+    AppSpec,
+    Limits,
+    PodSpec,
+)
 
 from .builder import ResolvedPod, app_spec, empty_volume_dir, held_images, resolve_pod
 from .events import EventBus
@@ -45,11 +53,15 @@ from .model import (
     PodExists,
     PodNotFound,
     PodState,
+    PodStorageError,
 )
+from .privileges import HostPolicy, check_pod
 from .watcher import PidWatcher
 
 POD_FILE = "pod.json"
+QUARANTINE = ".quarantine"  # pods whose record could not be read, kept aside for a person
 DEFAULT_GRACE = 10.0
+SAVE_RETRY_SECONDS = 1.0
 # how long start() waits for the apps to be running (pre-start handlers can take a while)
 START_TIMEOUT = 30.0
 log = logging.getLogger("kurmad")
@@ -75,6 +87,9 @@ class _Record:
     apps: list[dict[str, Any]] = field(default_factory=list)
     isolators: dict[str, Any] = field(default_factory=dict)
     network: dict[str, Any] | None = None  # its networks, addresses and ports (net/pods.py)
+    # Made by a request that also starts it: if kurmad stops before the pod init runs, the
+    # pod is rolled back at the next start (the caller never heard it was made).
+    rollback: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")} | {
@@ -83,7 +98,13 @@ class _Record:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _Record:
-        return cls(**{**data, "state": PodState(data["state"])})
+        """A record from pod.json, every part checked (ValueError, KeyError or TypeError for
+        one that is not), so that a record in memory can always be shown."""
+        record = cls(**{**data, "state": PodState(data["state"])})
+        for app in record.apps:
+            AppStatus(**app)
+        _ = record._parsed_manifest
+        return record
 
     @functools.cached_property
     def _parsed_manifest(self) -> PodManifest:
@@ -105,11 +126,19 @@ class PodManager:
         launcher: Launcher | None = None,
         events: EventBus | None = None,
         networks: PodNetworks | None = None,
+        host_policy: HostPolicy | None = None,
+        pids_limit: int | None = DEFAULT_PIDS_LIMIT,
     ) -> None:
         self.root = state_dir / "pods"
         self.events = events or EventBus()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)  # pod records and logs hold secrets (environments)
         self.store = store
+        policy = host_policy or HostPolicy()
+        self.host_policy = replace(policy, protected=(str(state_dir.resolve()), *policy.protected))
+        self._pids_limit = pids_limit
+        self.quarantined: list[str] = []  # pod directories that could not be loaded, and why
+        self._unsaved: set[str] = set()  # pods whose last change is not on disk yet
         self._cgroups = CgroupDriver(cgroup_parent)
         self._cgroup_parent = cgroup_parent
         self._resolv_conf = resolv_conf
@@ -123,11 +152,18 @@ class PodManager:
         self._recover()
         for line in self.reconcile_networks():
             log.info("networks: %s", line)
+        self._closing = threading.Event()
+        self._saver = threading.Thread(
+            target=self._save_until_closed, name="pod-saver", daemon=True
+        )
+        self._saver.start()
 
     def close(self) -> None:
         """Let go of the pods (they keep running) and of the launcher."""
+        self._closing.set()
         self._watcher.close()
         self._launcher.close()
+        self._save_unsaved()
 
     # -- lookup ---------------------------------------------------------------------------------
 
@@ -209,18 +245,25 @@ class PodManager:
 
     # -- create ---------------------------------------------------------------------------------
 
-    def create(self, manifest: PodManifest, name: str | None = None) -> Pod:
+    def create(
+        self, manifest: PodManifest, name: str | None = None, *, allow_privileged: bool = False,
+        start_next: bool = False,
+    ) -> Pod:  # fmt: skip
         """Validate ``manifest`` against the store (a template is reified) and record a NEW pod.
-        Its images are held until the pod is removed."""
+        Its images are held until the pod is removed. What weakens confinement needs
+        ``allow_privileged`` (the admin role; pods/privileges.py). ``start_next``: the caller
+        starts the pod at once, and a pod kurmad did not get to start is rolled back."""
         resolved = resolve_pod(manifest, self.store)
+        check_pod(resolved, self.host_policy, admin=allow_privileged)
         pod_uuid = str(uuid_module.uuid4())
         name = self._check_name(name or f"{resolved.apps[0].runtime.name}-{pod_uuid[:8]}")
         held = held_images(resolved, self.store)
         record = _Record(
             uuid=pod_uuid, name=name, created_at=time.time(), manifest=resolved.manifest.to_json(),
             apps=[AppStatus(a.runtime.name, a.image.id, isolators=a.policy.report.to_json()).to_json() for a in resolved.apps],
-            isolators=resolved.report.to_json(),
+            isolators=resolved.report.to_json(), rollback=start_next,
         )  # fmt: skip
+        _check_loadable(record)
         with self._lock:
             if any(r.name == name for r in self._records.values()):
                 raise PodExists(f"a pod named {name} exists already")
@@ -230,12 +273,24 @@ class PodManager:
             except ImageNotFound as err:
                 self._release_network(record)
                 raise InvalidPod(f"an image was deleted while the pod was created: {err}") from None
-            self._dir(pod_uuid).mkdir()
-            self._records[pod_uuid] = record
+            self._record_new(record)
             self._resolved[pod_uuid] = resolved
-            self._persist(record)
         self.events.emit("pod", "created", pod_uuid, name)
         return self._view(record)
+
+    def _record_new(self, record: _Record) -> None:
+        """The pod's directory and first pod.json, or nothing at all (and its holds given
+        back) when the disk refuses them."""
+        try:
+            self._dir(record.uuid).mkdir(mode=0o700)
+            self._write_record(record)
+        except OSError as err:
+            self.store.release(self._holder(record))
+            self._release_network(record)
+            with contextlib.suppress(OSError):
+                remove_tree(self._dir(record.uuid))
+            raise PodStorageError(f"the pod could not be saved: {err.strerror or err}") from None
+        self._records[record.uuid] = record
 
     def _plan_network(self, pod_uuid: str, resolved: ResolvedPod) -> dict[str, Any] | None:
         """Lease the pod's addresses and reserve its host ports now, so that a full pool or a
@@ -282,8 +337,43 @@ class PodManager:
     def _holder(record: _Record) -> str:
         return f"pod {record.name} ({record.uuid[:8]})"
 
+    def _write_record(self, record: _Record) -> None:
+        write_json_atomic(self._dir(record.uuid) / POD_FILE, record.to_json(), mode=0o600)
+
     def _persist(self, record: _Record) -> None:
-        write_json_atomic(self._dir(record.uuid) / POD_FILE, record.to_json())
+        """Write the pod's record; a write the disk refuses (full, read-only) is reported once
+        and retried in the background, never raised: the pod's state in memory is the truth
+        meanwhile, and the thread that noticed the change (the exit watcher, say) goes on."""
+        try:
+            self._write_record(record)
+        except OSError as err:
+            with self._lock:
+                first = not self._unsaved
+                self._unsaved.add(record.uuid)
+            if first:
+                log.error("cannot save pod %s: %s (retrying)", record.name, err.strerror or err)
+                self.events.emit("host", "save-failed", record.uuid, record.name,
+                                 reason=str(err.strerror or err))  # fmt: skip
+            return
+        with self._lock:
+            self._unsaved.discard(record.uuid)
+
+    def _save_until_closed(self) -> None:
+        while not self._closing.wait(SAVE_RETRY_SECONDS):
+            try:
+                self._save_unsaved()
+            except Exception:  # this thread must outlive anything one pod can throw
+                log.exception("saving pods")
+
+    def _save_unsaved(self) -> None:
+        with self._lock:
+            pending = [self._records[u] for u in self._unsaved if u in self._records]
+            self._unsaved &= set(self._records)
+        for record in pending:
+            with self._lock:
+                self._persist(record)
+        if pending and not self._unsaved:
+            log.info("pods saved again after a failed write")
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -308,6 +398,7 @@ class PodManager:
             raise InvalidPod(f"pod {record.name} failed to start: {err}") from None
         with self._lock:
             record.pid, record.pid_start = pid, start_time(pid)
+            record.rollback = False
             self._persist(record)
         self.events.emit("pod", "started", record.uuid, record.name)
         if not self._watcher.watch(pid, record.uuid):
@@ -359,7 +450,8 @@ class PodManager:
         resolved = self._resolved.pop(record.uuid, None) or resolve_pod(
             PodManifest.from_json(record.manifest), self.store
         )
-        apps = [app_spec(app, self.store, pod_dir) for app in resolved.apps]
+        socket = self.host_policy.api_socket
+        apps = [app_spec(app, self.store, pod_dir, socket) for app in resolved.apps]
         self._make_empty_volumes(resolved, pod_dir)
         resolv = _read_or_empty(self._resolv_conf)
         (pod_dir / "resolv.conf").write_bytes(
@@ -379,6 +471,8 @@ class PodManager:
     ) -> dict[str, list[str]]:
         pod = self._cgroups.create(pod_uuid)
         _apply_limits(pod, limits)
+        if self._pids_limit is not None:
+            pod.set_pids_limit(self._pids_limit)
         procs = {"init": self._leaf(pod, "init", Limits())}
         for app in apps:
             procs[app.name] = self._leaf(pod, app.name, app.limits)
@@ -439,14 +533,14 @@ class PodManager:
                     app["reason"] = app["reason"] or "ended with the pod"
             record.state, record.reason = state, reason
             record.finished_at = time.time()
+            record.rollback = False
             self._changed.notify_all()
             self._persist(record)
         codes = {a["name"]: str(a.get("exit_code")) for a in record.apps}
         self.events.emit(
             "pod", state.value.lower(), record.uuid, record.name, reason=reason or "", **codes
         )
-        with contextlib.suppress(CgroupError, OSError):
-            self._cgroups.cgroup(record.uuid).remove()
+        self._remove_cgroup(record.uuid)
 
     def wait(self, ref: str, timeout: float | None = None) -> Pod:
         """Block until the pod is EXITED, STOPPED or FAILED (or ``timeout`` passes)."""
@@ -502,8 +596,7 @@ class PodManager:
             self._resolved.pop(record.uuid, None)
             self.store.release(self._holder(record))
         self._release_network(record)
-        with contextlib.suppress(CgroupError, OSError):
-            self._cgroups.cgroup(record.uuid).remove()
+        self._remove_cgroup(record.uuid)
         doomed = self.root / f".removing-{record.uuid}"
         os.rename(self._dir(record.uuid), doomed)
         remove_tree(doomed)
@@ -565,22 +658,75 @@ class PodManager:
 
     def _recover(self) -> None:
         """Load every pod from disk; re-adopt running ones, settle those that ended while no
-        daemon watched, and hold their images again."""
+        daemon watched, finish or roll back what a crash left half-made, and hold their
+        images again. A record that cannot be read is quarantined, never lost or fatal."""
         for directory in sorted(self.root.iterdir()):
-            if directory.name.startswith(".removing-"):
-                netns.remove(directory / NETNS_FILE)
-                remove_tree(directory)
+            if directory.name == QUARANTINE:
+                self.quarantined += [f"{d.name}: quarantined earlier" for d in directory.iterdir()]
+                continue
+            if directory.name.startswith(".removing-") or not (directory / POD_FILE).exists():
+                self._discard_leftovers(directory)  # a removal or a create that never finished
                 continue
             try:
                 record = _Record.from_json(read_json(directory / POD_FILE))
-            except (OSError, ValueError, KeyError, TypeError):
-                netns.remove(directory / NETNS_FILE)
-                remove_tree(directory)  # a create that never finished
+            except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+                self._quarantine(directory, err)
                 continue
             self._records[record.uuid] = record
+            if record.pid is None and record.state in (PodState.NEW, PodState.STARTING):
+                self._clean_runtime(record)  # a start a crash cut short: as before it
+                if record.rollback:
+                    self._roll_back(record)
+                    continue
+                if record.state != PodState.NEW:
+                    record.state, record.started_at = PodState.NEW, None
+                    self._persist(record)
             self._rehold(record)
             if record.state.active:
                 self._readopt(record)
+            elif record.state.terminal:
+                self._remove_cgroup(record.uuid)  # a removal that timed out before a crash
+
+    def _discard_leftovers(self, directory: Path) -> None:
+        netns.remove(directory / NETNS_FILE)
+        pod_uuid = directory.name.removeprefix(".removing-")
+        if pod_uuid:
+            self._remove_cgroup(pod_uuid)
+        remove_tree(directory)
+
+    def _quarantine(self, directory: Path, err: BaseException) -> None:
+        """Move an unreadable pod aside (STATE/pods/.quarantine/), keep it for a person to look
+        at, and report it: a listing never breaks on it."""
+        why = f"{directory.name}: unreadable pod.json ({type(err).__name__}: {err})"
+        log.error("pods: quarantined %s", why)
+        place = self.root / QUARANTINE
+        place.mkdir(mode=0o700, exist_ok=True)
+        netns.remove(directory / NETNS_FILE)
+        os.rename(directory, place / f"{directory.name}-{int(time.time())}")
+        self.quarantined.append(why)
+
+    def _clean_runtime(self, record: _Record) -> None:
+        """A NEW pod has no processes, cgroups or network namespace; a start that a crash cut
+        short may have left some."""
+        self._remove_cgroup(record.uuid)
+        if self.networks is not None and record.network:
+            self.networks.unwire(record.uuid, self._dir(record.uuid) / NETNS_FILE, record.network)
+        netns.remove(self._dir(record.uuid) / NETNS_FILE)
+
+    def _roll_back(self, record: _Record) -> None:
+        """A pod made by a create-and-start that never started: as if never made."""
+        log.info("pods: rolled back %s, which kurmad stopped before it started", record.name)
+        self._records.pop(record.uuid, None)
+        self._release_network(record)
+        doomed = self.root / f".removing-{record.uuid}"
+        os.rename(self._dir(record.uuid), doomed)
+        remove_tree(doomed)
+
+    def _remove_cgroup(self, pod_uuid: str) -> None:
+        """The pod's cgroups, with whatever still runs in them. Only ever a pod of this
+        kurmad's own state: another kurmad may share the cgroup parent."""
+        with contextlib.suppress(CgroupError, OSError):
+            self._cgroups.cgroup(pod_uuid).remove()
 
     def _rehold(self, record: _Record) -> None:
         try:
@@ -594,6 +740,15 @@ class PodManager:
         if alive and record.pid is not None and self._watcher.watch(record.pid, record.uuid):
             return
         self._on_pod_init_exit(record.uuid)
+
+
+def _check_loadable(record: _Record) -> None:
+    """What is saved must load again: the record goes through the reader it will meet after
+    a restart, so a request that would poison the store is refused before anything is kept."""
+    try:
+        _Record.from_json(json.loads(json.dumps(record.to_json())))
+    except (ValueError, KeyError, TypeError) as err:
+        raise InvalidPod(f"the pod cannot be kept: {err}") from None
 
 
 def _without_loopback(resolv_conf: bytes) -> bytes:

@@ -46,6 +46,10 @@ class PodExists(PodConflict):
     """A pod of that name exists already."""
 
 
+class PodStorageError(PodError):
+    """The state disk refused to keep a pod (full, read-only): nothing of it was kept."""
+
+
 @dataclass
 class AppStatus:
     name: str

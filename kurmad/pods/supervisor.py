@@ -10,6 +10,7 @@ for a minute."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -24,6 +25,8 @@ from .events import EventBus
 from .manager import PodManager
 from .model import Pod, PodError, PodNotFound, PodState
 from .restart import parse_volume, restart_delay, should_restart
+
+log = logging.getLogger("kurmad")
 
 
 @dataclass
@@ -105,6 +108,10 @@ class Supervisor:
         except (PodError, ValueError) as err:
             pod.status = f"failed to start: {err}"
             return None
+        except Exception as err:  # a store or disk error: reported, retried; never fatal
+            log.exception("system pod %s", pod.name)
+            pod.status = f"failed to start: {type(err).__name__}: {err}"
+            return None
         pod.status = "running" if current.state == PodState.RUNNING else current.state.value.lower()
         pod.first_attempt.set()
         while not self._stopping.is_set():
@@ -127,7 +134,10 @@ class Supervisor:
             if existing.state.active:
                 return existing  # kurmad restarted under a running pod: adopt it
             self.manager.remove(existing.uuid, force=True)
-        created = self.manager.create(self._manifest(pod.settings), pod.name)
+        # The machine owner's config: its pods are made as the admin role would make them.
+        created = self.manager.create(
+            self._manifest(pod.settings), pod.name, allow_privileged=True, start_next=True
+        )
         return self.manager.start(created.uuid)
 
     def _manifest(self, settings: dict[str, Any]) -> PodManifest:
@@ -143,6 +153,7 @@ class Supervisor:
             env={str(k): str(v) for k, v in settings.get("env", {}).items()},
             volumes=volumes,
             host_network=bool(settings.get("host_network", False)),
+            devices=[str(d) for d in settings.get("devices", [])],
         )  # fmt: skip
         return manifest_for_run(self.manager.store, run)
 

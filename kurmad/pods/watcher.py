@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import threading
 from collections.abc import Callable
+
+log = logging.getLogger("kurmad")
 
 
 class PidWatcher:
@@ -47,7 +50,15 @@ class PidWatcher:
                     key = self._fds.pop(fd, None)
                 os.close(fd)
                 if key is not None:
-                    self._on_exit(key)
+                    self._notify(key)
+
+    def _notify(self, key: str) -> None:
+        """One ended process's callback; whatever it raises is logged, and the watching goes
+        on: if this thread died, no other exit would ever be noticed."""
+        try:
+            self._on_exit(key)
+        except Exception:
+            log.exception("handling the end of %s", key)
 
     def close(self) -> None:
         self._closed = True

@@ -3,7 +3,13 @@ minimal /dev, /etc/hosts and /etc/resolv.conf, and its volumes.
 
 Everything is set up from the pod init's mount namespace before the app starts, on paths inside
 the app's root that are resolved the way the app itself will see them: a symlink in the image
-is followed within the root, never out to the host."""
+is followed within the root, never out to the host.
+
+Devices, in layers as runc has them: the root, the volumes and /dev are ``nodev`` (a device node
+an app makes, or finds in a volume, cannot be opened), the few devices an app may use are the
+host's own nodes bind-mounted into its /dev, and the cgroup allows only those (the pod manager
+sets its device rules). Paths of /proc and /sys that tell about or reach the host's kernel are
+masked, as runc's defaults mask them."""
 
 from __future__ import annotations
 
@@ -14,17 +20,20 @@ from pathlib import Path
 
 from kurmad.linux import syscalls as sc
 
+from .rootfs import ROOTFS_FLAGS
 from .spec import AppSpec, MountSpec
 
 _MAX_LINKS = 40
-_DEVICES = (
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-)
+# The host's nodes every app gets (the cgroup allows them and /dev/pts, /dev/ptmx, console).
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# runc's defaults: files hidden behind /dev/null, directories behind an empty read-only tmpfs.
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/proc/sysrq-trigger", "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/sys/kernel/security", "/sys/kernel/debug",
+)  # fmt: skip
+_VOLUME_FLAGS = sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOSUID
 _DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
               ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))  # fmt: skip
 _NO_EXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
@@ -84,12 +93,15 @@ def setup_app_filesystem(rootfs: str, app: AppSpec, pod_dir: Path, hosts: str) -
     warnings: list[str] = []
     _write_hosts_if_missing(rootfs, hosts)
     _mount_proc_and_sys(rootfs)
+    _mask_paths(rootfs)
     _mount_dev(rootfs)
+    for device in app.devices:
+        _bind_device(rootfs, device.path)
     _bind_file(rootfs, "/etc/resolv.conf", str(pod_dir / "resolv.conf"))
     for mount in app.mounts:
         warnings.extend(_mount_volume(rootfs, mount))
     if app.read_only_rootfs:
-        sc.mount(None, rootfs, None, sc.MS_REMOUNT | sc.MS_RDONLY)
+        sc.mount(None, rootfs, None, sc.MS_REMOUNT | sc.MS_RDONLY | ROOTFS_FLAGS)
     return warnings
 
 
@@ -108,12 +120,22 @@ def _mount_proc_and_sys(rootfs: str) -> None:
     sc.mount("sysfs", make_dirs_in_root(rootfs, "/sys"), "sysfs", _NO_EXEC | sc.MS_RDONLY)
 
 
+def _mask_paths(rootfs: str) -> None:
+    for path in MASKED_PATHS:
+        target = os.path.join(rootfs, path.lstrip("/"))  # in the fresh /proc and /sys: no links
+        if os.path.isdir(target) and not os.path.islink(target):
+            sc.mount("tmpfs", target, "tmpfs", _NO_EXEC | sc.MS_RDONLY, "size=0,mode=0555")
+        elif os.path.exists(target):
+            _bind_node("/dev/null", target, sc.MS_RDONLY)
+
+
 def _mount_dev(rootfs: str) -> None:
+    """A tmpfs /dev that is nodev, with the host's own nodes of the allowed devices bound in
+    (a bind keeps the host mount's permission to open devices)."""
     dev = make_dirs_in_root(rootfs, "/dev")
-    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
-    for name, major, minor in _DEVICES:
-        os.mknod(os.path.join(dev, name), stat.S_IFCHR | 0o666, os.makedev(major, minor))
-        os.chmod(os.path.join(dev, name), 0o666)
+    sc.mount("tmpfs", dev, "tmpfs", _NO_EXEC | sc.MS_STRICTATIME, "mode=755,size=65536k")
+    for name in _DEVICES:
+        _bind_node(f"/dev/{name}", os.path.join(dev, name))
     console = os.path.join(dev, "console")
     open(console, "x").close()
     sc.mount("/dev/null", console, None, sc.MS_BIND)  # no terminal: a console that goes nowhere
@@ -132,6 +154,25 @@ def _mount_dev(rootfs: str) -> None:
     )
     os.mkdir(os.path.join(dev, "mqueue"), 0o755)
     sc.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", _NO_EXEC)
+
+
+def _bind_device(rootfs: str, path: str) -> None:
+    """A host device the app was given (kurmad.io/devices), at the same path in its world."""
+    make_dirs_in_root(rootfs, os.path.dirname(path))
+    _bind_node(path, resolve_in_root(rootfs, path))
+
+
+def _bind_node(source: str, target: str, extra_flags: int = 0) -> None:
+    """The host's device node ``source`` on ``target`` (made if missing): the one kind of mount
+    in an app's world that is not nodev."""
+    info = os.stat(source)
+    if not (stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)):
+        raise SetupError(f"{source} on this host is not a device node")
+    if not os.path.lexists(target):
+        open(target, "x").close()
+    sc.mount(source, target, None, sc.MS_BIND)
+    flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_NOSUID | sc.MS_NOEXEC | extra_flags
+    sc.mount(None, target, None, flags)
 
 
 def _bind_file(rootfs: str, path: str, source: str) -> None:
@@ -165,10 +206,11 @@ def _mount_volume(rootfs: str, mount: MountSpec) -> list[str]:
     flags = sc.MS_BIND | (sc.MS_REC if mount.recursive else 0)
     try:
         sc.mount(mount.source, target, None, flags)
+        # every mount of the tree, not just its top: a submount of the host's must not carry
+        # devices or setuid programs in, nor stay writable in a read-only volume
+        sc.set_mount_flags(target, _VOLUME_FLAGS | (sc.MOUNT_ATTR_RDONLY if mount.read_only else 0))
     except OSError as err:
         raise SetupError(f"volume {mount.source} on {mount.target}: {err.strerror}") from None
-    if mount.read_only:
-        sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID)
     return warnings
 
 

@@ -3,19 +3,35 @@ or ignored and why (ace.md: an executor MAY ignore an isolator but MUST say so).
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from kurmad.appc import DEFAULT_CAPABILITIES, Isolator
 from kurmad.appc import isolators as iso
+from kurmad.appc.quantity import Quantity
 from kurmad.linux import capabilities, seccomp
 from kurmad.linux.cgroups import millicores_to_shares
 
-from .spec import Limits, SeccompSpec
+from .spec import APP_OOM_SCORE_ADJ, DeviceSpec, Limits, SeccompSpec
 
 # Sysctls that belong to the pod's own namespaces; any other key would change the host.
-_NAMESPACED_SYSCTL_PREFIXES = ("net.", "fs.mqueue.", "kernel.msg", "kernel.shm", "kernel.sem")
+NAMESPACED_SYSCTL_PREFIXES = ("net.", "fs.mqueue.", "kernel.msg", "kernel.shm", "kernel.sem")
+_SYSCTL_KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
+# Isolators of kurmad's own (an AC Identifier outside the spec's names, which aci.md allows):
+# host devices for an app, and the API's socket for a system pod that drives kurmad. Both only
+# for the admin role (pods/privileges.py).
+DEVICES_ISOLATOR = "kurmad.io/devices"
+API_SOCKET_ISOLATOR = "kurmad.io/api-socket"
+# The least memory a pod can be held to (Docker's floor): below it even a shell cannot start.
+MIN_MEMORY = 6 * 2**20
+# The largest limit a cgroup file takes (a signed 64-bit number); bigger quantities are typos.
+_MAX_LIMIT = Decimal(2**63 - 1)
 
 
 class IsolatorError(ValueError):
@@ -39,15 +55,19 @@ class AppPolicy:
     capabilities: list[str]
     no_new_privileges: bool = False
     seccomp: SeccompSpec | None = None
-    oom_score_adj: int | None = None
+    oom_score_adj: int = APP_OOM_SCORE_ADJ
     apparmor_profile: str | None = None
     selinux_context: str | None = None
     limits: Limits = field(default_factory=Limits)
     sysctls: dict[str, str] = field(default_factory=dict)
+    devices: list[DeviceSpec] = field(default_factory=list)
+    api_socket: str | None = None  # where the app sees kurmad's API socket, if it asked
     report: Report = field(default_factory=Report)
 
 
 def limits_of(isolators: Sequence[Isolator], report: Report) -> Limits:
+    """The cgroup limits the isolators ask for; a limit the kernel cannot honour (no memory
+    to run in, no CPU time, a number no cgroup file takes) is refused."""
     memory = iso.find_isolator(isolators, iso.ResourceMemory)
     cpu = iso.find_isolator(isolators, iso.ResourceCPU)
     shares = iso.find_isolator(isolators, iso.CPUShares)
@@ -57,6 +77,7 @@ def limits_of(isolators: Sequence[Isolator], report: Report) -> Limits:
                         (bandwidth, "resource/block-bandwidth"), (iops, "resource/block-iops")):  # fmt: skip
         if found is not None:
             report.enforced.append(name)
+    _check_limits(memory, cpu, bandwidth, iops)
     if iso.find_isolator(isolators, iso.ResourceNetworkBandwidth) is not None:
         report.ignore(
             "resource/network-bandwidth", "not enforced: pod networks have no traffic shaper yet"
@@ -75,18 +96,50 @@ def limits_of(isolators: Sequence[Isolator], report: Report) -> Limits:
     )
 
 
+def _check_limits(
+    memory: iso.ResourceMemory | None,
+    cpu: iso.ResourceCPU | None,
+    bandwidth: iso.ResourceBlockBandwidth | None,
+    iops: iso.ResourceBlockIOPS | None,
+) -> None:
+    if memory is not None:
+        for quantity in (memory.limit, memory.effective_request):
+            _check_quantity("resource/memory", quantity, Decimal(MIN_MEMORY), "6Mi")
+    if cpu is not None:
+        for quantity in (cpu.limit, cpu.effective_request):
+            _check_quantity("resource/cpu", quantity, Decimal("0.001"), "1m")
+    for found, name in ((bandwidth, "resource/block-bandwidth"), (iops, "resource/block-iops")):
+        if found is not None:
+            _check_quantity(name, found.limit, Decimal(1), "1")
+
+
+def _check_quantity(name: str, quantity: Quantity, least: Decimal, least_text: str) -> None:
+    if quantity.amount < least:
+        raise IsolatorError(f"{name}: {quantity} is below {least_text}, the least it can be")
+    if quantity.amount > _MAX_LIMIT:
+        raise IsolatorError(f"{name}: {quantity} is larger than any limit the kernel takes")
+
+
 def sysctls_of(isolators: Sequence[Isolator], report: Report) -> dict[str, str]:
+    """The sysctls to set in the pod. Keys outside the pod's namespaces are kept here: they
+    need the admin role (pods/privileges.py), which decides."""
     found = iso.find_isolator(isolators, iso.Sysctl)
     if found is None:
         return {}
     values = dict(found.values)
-    for key in values:
-        if not key.startswith(_NAMESPACED_SYSCTL_PREFIXES):
+    for key, value in values.items():
+        if not _SYSCTL_KEY.fullmatch(key):
             raise IsolatorError(
-                f"os/unix/sysctl: {key} is not namespaced and would change the host; refused"
+                f"os/unix/sysctl: {key!r} is not a sysctl name like net.ipv4.ip_forward"
             )
+        if any(c in value for c in "\n\0"):
+            raise IsolatorError(f"os/unix/sysctl: the value of {key} holds a newline or NUL")
     report.enforced.append("os/unix/sysctl")
     return values
+
+
+def namespaced_sysctl(key: str) -> bool:
+    return key.startswith(NAMESPACED_SYSCTL_PREFIXES)
 
 
 def app_policy(isolators: Sequence[Isolator], pod_isolators: Sequence[Isolator]) -> AppPolicy:
@@ -106,10 +159,67 @@ def app_policy(isolators: Sequence[Isolator], pod_isolators: Sequence[Isolator])
     policy.selinux_context = _selinux(isolators, pod_isolators, report)
     policy.limits = limits_of(isolators, report)
     policy.sysctls = sysctls_of(isolators, report)
+    policy.devices = devices_of(_raw(isolators, DEVICES_ISOLATOR), report)
+    policy.api_socket = api_socket_of(_raw(isolators, API_SOCKET_ISOLATOR), report)
     for isolator in isolators:
-        if not isolator.known:
+        if not isolator.known and isolator.name not in (DEVICES_ISOLATOR, API_SOCKET_ISOLATOR):
             report.ignore(isolator.name, "unknown isolator")
     return policy
+
+
+def _raw(isolators: Sequence[Isolator], name: str) -> Any:
+    """The value of the last isolator named ``name`` (kurmad's own, which appc keeps raw)."""
+    values = [i.value.to_json() for i in isolators if i.name == name]
+    return values[-1] if values else None
+
+
+def devices_of(value: Any, report: Report) -> list[DeviceSpec]:
+    """``kurmad.io/devices``: ``{"devices": [{"path": "/dev/ttyS0", "access": "rw"}, ...]}``.
+    Each path must be a device node on this host now; its type and numbers are taken from
+    it, so the cgroup allows exactly that node."""
+    if value is None:
+        return []
+    name = DEVICES_ISOLATOR
+    entries = value.get("devices") if isinstance(value, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise IsolatorError(f'{name}: expected {{"devices": [{{"path": "/dev/..."}}, ...]}}')
+    devices = [_device(entry, f"{name}: devices[{i}]") for i, entry in enumerate(entries)]
+    report.enforced.append(name)
+    return devices
+
+
+def _device(entry: Any, where: str) -> DeviceSpec:
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        raise IsolatorError(f"{where}: expected an object with a path")
+    path, access = entry["path"], entry.get("access", "rw")
+    if not path.startswith("/dev/") or "\0" in path or ".." in path.split("/"):
+        raise IsolatorError(f"{where}: {path!r} is not a path under /dev")
+    if (
+        not isinstance(access, str)
+        or not access
+        or set(access) - set("rwm")
+        or len(set(access)) != len(access)
+    ):
+        raise IsolatorError(f"{where}: access {access!r} must be letters of rwm, each once")
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise IsolatorError(f"{where}: {path}: {err.strerror}") from None
+    if not (stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)):
+        raise IsolatorError(f"{where}: {path} is not a device node")
+    kind = "c" if stat.S_ISCHR(info.st_mode) else "b"
+    return DeviceSpec(path, kind, os.major(info.st_rdev), os.minor(info.st_rdev), access)
+
+
+def api_socket_of(value: Any, report: Report) -> str | None:
+    """``kurmad.io/api-socket``: ``{"path": "/run/kurmad.sock"}``, where the app finds the API."""
+    if value is None:
+        return None
+    path = value.get("path") if isinstance(value, dict) else None
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path or path == "/":
+        raise IsolatorError(f'{API_SOCKET_ISOLATOR}: expected {{"path": "/absolute/path"}}')
+    report.enforced.append(API_SOCKET_ISOLATOR)
+    return os.path.normpath(path)
 
 
 def _capabilities(isolators: Sequence[Isolator], report: Report) -> set[str]:

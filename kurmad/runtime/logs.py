@@ -34,6 +34,8 @@ class LogWriter:
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the app
         self._size = self._file.tell()
         self._partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+        self._lost = 0  # bytes of output the disk did not take since the last good write
+        self._why = ""
 
     def write(self, stream: str, data: bytes) -> None:
         """Record what ``stream`` produced; a line without its newline waits for the rest."""
@@ -69,10 +71,25 @@ class LogWriter:
         return b"%s %s %s %s\n" % (_timestamp(time.time()).encode(), stream.encode(), tag, line)
 
     def _append(self, data: bytes) -> None:
-        if self._size + len(data) > self._max and self._size > 0:
-            self._rotate()
-        self._file.write(data)
-        self._size += len(data)
+        """Write records; what the disk refuses (full, failing) is counted, and said in the
+        log once it takes writes again. An app is never stopped for its logs."""
+        payload = data
+        if self._lost:
+            note = f"kurmad: {self._lost} bytes of output were lost: {self._why}".encode()
+            payload = self._record("stderr", b"F", note) + data
+        try:
+            if self._file.closed:  # a rotation the disk cut short
+                self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
+                self._size = self._file.tell()
+            if self._size + len(payload) > self._max and self._size > 0:
+                self._rotate()
+            self._file.write(payload)
+        except OSError as err:
+            self._lost += len(data)
+            self._why = err.strerror or str(err)
+            return
+        self._size += len(payload)
+        self._lost = 0
 
     def _rotate(self) -> None:
         self._file.close()

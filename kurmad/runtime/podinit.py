@@ -122,6 +122,7 @@ class PodInit:
 
     def _prepare_pod(self) -> None:
         self._join_cgroup("init")
+        Path("/proc/self/oom_score_adj").write_text(str(self.spec.oom_score_adj))
         socket.sethostname(self.spec.hostname)
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing of ours reaches the host
         sc.set_link_up("lo")

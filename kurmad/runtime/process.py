@@ -83,13 +83,10 @@ def _enter_working_directory(directory: str) -> None:
 
 
 def _apply_process_attributes(app: AppSpec) -> None:
-    if app.oom_score_adj is not None:
-        try:
-            Path("/proc/self/oom_score_adj").write_text(str(app.oom_score_adj))
-        except OSError as err:
-            raise AppStartError(
-                f"os/linux/oom-score-adj {app.oom_score_adj}: {err.strerror}"
-            ) from None
+    try:
+        Path("/proc/self/oom_score_adj").write_text(str(app.oom_score_adj))
+    except OSError as err:
+        raise AppStartError(f"os/linux/oom-score-adj {app.oom_score_adj}: {err.strerror}") from None
     if app.apparmor_profile:
         Path("/proc/self/attr/exec").write_text(f"exec {app.apparmor_profile}")
     if app.selinux_context:

@@ -11,6 +11,9 @@ from pathlib import Path
 from kurmad.linux import syscalls
 from kurmad.linux.files import copy_metadata, copy_tree
 
+# An app's root never opens device nodes: the devices it may use are bound into its /dev.
+ROOTFS_FLAGS = syscalls.MS_NODEV
+
 
 @dataclass
 class AppRootfs:
@@ -53,10 +56,10 @@ def mount_app_rootfs(
     if os.geteuid() != 0:
         return AppRootfs(target, mounted=False)
     syscalls.mount(str(target), target, None, syscalls.MS_BIND | syscalls.MS_REC)
-    if read_only:
-        syscalls.mount(
-            None, target, None, syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY
-        )
+    readonly = syscalls.MS_RDONLY if read_only else 0
+    syscalls.mount(
+        None, target, None, syscalls.MS_BIND | syscalls.MS_REMOUNT | ROOTFS_FLAGS | readonly
+    )
     return AppRootfs(target, mounted=True)
 
 
@@ -66,7 +69,7 @@ def _mount_overlay(lower: Path, scratch: Path, target: Path, read_only: bool) ->
     work.mkdir()
     copy_metadata(lower, upper)  # overlayfs shows the upper root's mode and owner
     options = f"lowerdir={_escape(lower)},upperdir={_escape(upper)},workdir={_escape(work)}"
-    flags = syscalls.MS_RDONLY if read_only else 0
+    flags = ROOTFS_FLAGS | (syscalls.MS_RDONLY if read_only else 0)
     syscalls.mount("overlay", target, "overlay", flags, options)
 
 

@@ -12,6 +12,13 @@ from typing import Any
 SPEC_FILE = "runtime.json"
 STATUS_FILE = "status.json"
 STOP_FILE = "stop.json"
+# The OOM killer's bias (-1000..1000) for what runs in pods: above kurmad's and PID 1's (0, or
+# lower where kurmad may lower it), so a pod is taken first; its apps before its pod init,
+# whose end would take every app with it. Raising a score needs no privilege.
+POD_INIT_OOM_SCORE_ADJ = 400
+APP_OOM_SCORE_ADJ = 500
+# Processes a pod may have at once unless told otherwise: a fork bomb stays in its pod.
+DEFAULT_PIDS_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -20,6 +27,18 @@ class MountSpec:
     target: str  # a path inside the app
     read_only: bool = False
     recursive: bool = True
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A host device node an app may use: bind-mounted at ``path`` in the app, allowed by the
+    cgroup's device rules with ``access`` (a subset of rwm)."""
+
+    path: str  # in the app, and on the host
+    kind: str  # "c" or "b"
+    major: int
+    minor: int
+    access: str = "rwm"
 
 
 @dataclass(frozen=True)
@@ -75,12 +94,13 @@ class AppSpec:
     capabilities: list[str] = field(default_factory=list)  # the bounding set
     no_new_privileges: bool = False
     seccomp: SeccompSpec | None = None
-    oom_score_adj: int | None = None
+    oom_score_adj: int = APP_OOM_SCORE_ADJ
     apparmor_profile: str | None = None
     selinux_context: str | None = None
     sockets: list[SocketSpec] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)  # the app's own cgroup, inside the pod's
     tty: bool = False  # a terminal instead of log pipes; attach through apps/<name>/tty.sock
+    devices: list[DeviceSpec] = field(default_factory=list)  # beyond the default ones
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AppSpec:
@@ -88,6 +108,7 @@ class AppSpec:
         data["limits"] = Limits(**data.get("limits", {}))
         data["mounts"] = [MountSpec(**m) for m in data.get("mounts", [])]
         data["sockets"] = [SocketSpec(**s) for s in data.get("sockets", [])]
+        data["devices"] = [DeviceSpec(**d) for d in data.get("devices", [])]
         if data.get("seccomp") is not None:
             data["seccomp"] = SeccompSpec(**data["seccomp"])
         return cls(**data)
@@ -109,6 +130,7 @@ class PodSpec:
     log_keep: int = 3
     stop_grace: float = 10.0
     host_network: bool = False  # no network namespace of its own
+    oom_score_adj: int = POD_INIT_OOM_SCORE_ADJ  # the pod init's
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

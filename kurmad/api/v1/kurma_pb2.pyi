@@ -132,7 +132,7 @@ class VolumeMount(_message.Message):
     def __init__(self, host_path: _Optional[str] = ..., path: _Optional[str] = ..., read_only: _Optional[bool] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("image", "exec", "env", "volumes", "working_directory", "user", "group", "tty", "app_name", "host_network", "networks", "ports")
+    __slots__ = ("image", "exec", "env", "volumes", "working_directory", "user", "group", "tty", "app_name", "host_network", "networks", "ports", "devices")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,7 @@ class RunSpec(_message.Message):
     HOST_NETWORK_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     image: str
     exec: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
@@ -164,7 +165,8 @@ class RunSpec(_message.Message):
     host_network: bool
     networks: str
     ports: _containers.RepeatedCompositeFieldContainer[PortMapping]
-    def __init__(self, image: _Optional[str] = ..., exec: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., working_directory: _Optional[str] = ..., user: _Optional[str] = ..., group: _Optional[str] = ..., tty: _Optional[bool] = ..., app_name: _Optional[str] = ..., host_network: _Optional[bool] = ..., networks: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ...) -> None: ...
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image: _Optional[str] = ..., exec: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ..., working_directory: _Optional[str] = ..., user: _Optional[str] = ..., group: _Optional[str] = ..., tty: _Optional[bool] = ..., app_name: _Optional[str] = ..., host_network: _Optional[bool] = ..., networks: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreatePodRequest(_message.Message):
     __slots__ = ("manifest_json", "run", "name", "start", "no_wait")
@@ -407,7 +409,7 @@ class HostInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HostInfo(_message.Message):
-    __slots__ = ("hostname", "kernel", "cpus", "memory_total", "memory_available", "uptime_seconds", "kurmad_version", "python_version", "mode", "boot_stages", "pods", "images", "os", "arch", "time")
+    __slots__ = ("hostname", "kernel", "cpus", "memory_total", "memory_available", "uptime_seconds", "kurmad_version", "python_version", "mode", "boot_stages", "pods", "images", "os", "arch", "time", "quarantined")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     KERNEL_FIELD_NUMBER: _ClassVar[int]
     CPUS_FIELD_NUMBER: _ClassVar[int]
@@ -423,6 +425,7 @@ class HostInfo(_message.Message):
     OS_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     kernel: str
     cpus: int
@@ -438,7 +441,8 @@ class HostInfo(_message.Message):
     os: str
     arch: str
     time: float
-    def __init__(self, hostname: _Optional[str] = ..., kernel: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_total: _Optional[int] = ..., memory_available: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., kurmad_version: _Optional[str] = ..., python_version: _Optional[str] = ..., mode: _Optional[str] = ..., boot_stages: _Optional[_Iterable[_Union[BootStage, _Mapping]]] = ..., pods: _Optional[int] = ..., images: _Optional[int] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
+    quarantined: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hostname: _Optional[str] = ..., kernel: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_total: _Optional[int] = ..., memory_available: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., kurmad_version: _Optional[str] = ..., python_version: _Optional[str] = ..., mode: _Optional[str] = ..., boot_stages: _Optional[_Iterable[_Union[BootStage, _Mapping]]] = ..., pods: _Optional[int] = ..., images: _Optional[int] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., time: _Optional[float] = ..., quarantined: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EventsRequest(_message.Message):
     __slots__ = ()
