@@ -46,8 +46,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         f.write(data)
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+def write_json_atomic(path: Path, value: Any, mode: int = 0o644) -> None:
+    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode(), mode)
 
 
 def read_json(path: Path) -> Any:
