@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from kurmad.api.auth import TLSFiles, ensure_server_material, issue_client
+from kurmad.api.auth import TLSFiles, ensure_server_material, issue_client, usable_bundle
 
 from .kernel import Kernel, fetch
 
@@ -56,11 +56,12 @@ def free_port() -> int:
 
 
 def make_tls(build: Path) -> tuple[TLSFiles, Path]:
-    """The CA and the VM's server certificate (kept across runs), and an admin bundle."""
+    """The CA and the VM's server certificate (kept across runs), and an admin bundle (made
+    again when it is missing, revoked or about to expire: client certificates last 90 days)."""
     tls = TLSFiles(build / "tls")
     ensure_server_material(tls, ["kurma", "localhost"])
     admin = build / "admin"
-    if not (admin / "client.crt").exists():
+    if not usable_bundle(tls, admin):
         issue_client(tls, "admin", "admin", admin)
     return tls, admin
 
@@ -76,8 +77,8 @@ def oem_config(console_password: str) -> dict[str, object]:
 
 
 def make_oem_disk(build: Path, tls: TLSFiles, console_password: str) -> Path:
-    """An ext4 image labelled KURMA_OEM with kurma.yml and the server's TLS files; made
-    without mounting anything (mkfs.ext4 -d)."""
+    """An ext4 image labelled KURMA_OEM with kurma.yml and the server's TLS files (with the
+    revocation list, if any); made without mounting anything (mkfs.ext4 -d)."""
     image = build / "oem.img"
     with tempfile.TemporaryDirectory() as scratch:
         content = Path(scratch)
@@ -87,6 +88,8 @@ def make_oem_disk(build: Path, tls: TLSFiles, console_password: str) -> Path:
         (content / "tls").mkdir(mode=0o700)
         for source in (tls.ca_cert, tls.server_cert, tls.server_key):
             shutil.copy(source, content / "tls" / source.name)
+        if tls.revoked.exists():  # the VM's daemon checks every call against it
+            shutil.copy(tls.revoked, content / "tls" / tls.revoked.name)
         (content / "tls" / "server.key").chmod(0o600)
         image.unlink(missing_ok=True)
         with open(image, "wb") as f:

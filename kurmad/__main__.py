@@ -3,7 +3,9 @@
 kurmad boot [--config FILE] [--cmdline TEXT]     (as PID 1: what the kernel runs as /init)
 kurmad serve --state-dir DIR [--listen HOST:PORT] [--insecure]
 kurmad config validate FILE
-kurmad certs client NAME --role reader|operator|admin -o DIR [--state-dir DIR]
+kurmad certs client NAME --role reader|operator|admin -o DIR [--days N] [--state-dir DIR | --tls-dir DIR]
+kurmad certs revoke NAME | --serial HEX [--state-dir DIR | --tls-dir DIR]
+kurmad certs list [-o table|json|yaml] [--state-dir DIR | --tls-dir DIR]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from kurmad import __version__
 from kurmad.runtime.spec import DEFAULT_PIDS_LIMIT
 
 if TYPE_CHECKING:
+    from kurmad.api.auth import TLSFiles
     from kurmad.api.server import Daemon
     from kurmad.host.boot import ApiSettings
     from kurmad.host.control import Host
@@ -76,9 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("name")
     client.add_argument("--role", required=True, choices=["reader", "operator", "admin"])
     client.add_argument("-o", "--output", type=Path, required=True)
-    client.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    client.add_argument("--days", help="validity in days (default 90)")
+    _tls_dir_arguments(client)
     client.set_defaults(func=_certs_client)
+    revoke = certs_verbs.add_parser(
+        "revoke", help="revoke every certificate issued to NAME, or one by --serial"
+    )
+    revoke.add_argument("name", nargs="?")
+    revoke.add_argument("--serial", metavar="HEX", help="the certificate's serial number")
+    _tls_dir_arguments(revoke)
+    revoke.set_defaults(func=_certs_revoke)
+    listing = certs_verbs.add_parser("list", help="the client certificates issued")
+    listing.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    _tls_dir_arguments(listing)
+    listing.set_defaults(func=_certs_list)
     return parser
+
+
+def _tls_dir_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                       help=f"the daemon's state directory (default {DEFAULT_STATE_DIR}); its tls/")  # fmt: skip
+    where.add_argument("--tls-dir", type=Path, help="the TLS directory itself (api.tls_dir)")
 
 
 def _boot(args: argparse.Namespace) -> int:
@@ -165,17 +187,62 @@ def _network_config(path: Path | None) -> tuple[list[dict[str, Any]], str | None
     return networks, default
 
 
-def _certs_client(args: argparse.Namespace) -> int:
-    from kurmad.api.auth import CertificateError, TLSFiles, ensure_server_material, issue_client
+def _tls_files(args: argparse.Namespace) -> TLSFiles:
+    from kurmad.api.auth import TLSFiles
 
-    tls = TLSFiles(args.state_dir / "tls")
-    try:
-        ensure_server_material(tls, [])
-        issue_client(tls, args.name, args.role, args.output)
-    except CertificateError as err:
-        sys.stderr.write(f"kurmad: error: {err}\n")
-        return 1
-    print(f"{args.output}: ca.crt, client.crt, client.key for {args.name} ({args.role})")
+    return TLSFiles(args.tls_dir or args.state_dir / "tls")
+
+
+def _certs_client(args: argparse.Namespace) -> int:
+    from kurmad.api.auth import (
+        CLIENT_DAYS,
+        check_client_name,
+        ensure_server_material,
+        issue_client,
+        parse_days,
+    )
+
+    tls = _tls_files(args)
+    check_client_name(args.name)  # before a CA is made for nothing
+    days = parse_days(args.days) if args.days is not None else CLIENT_DAYS
+    ensure_server_material(tls, [])
+    issued = issue_client(tls, args.name, args.role, args.output, days)
+    print(f"{args.output}: ca.crt, client.crt, client.key for {args.name} ({args.role}), "
+          f"serial {issued.serial:x}, valid until {issued.not_after:%Y-%m-%d %H:%M} UTC")  # fmt: skip
+    return 0
+
+
+def _certs_revoke(args: argparse.Namespace) -> int:
+    from kurmad.api.auth import parse_serial, revoke
+
+    serial = parse_serial(args.serial) if args.serial is not None else None
+    done = revoke(_tls_files(args), args.name, serial)
+    what = f"{args.name}: " if args.name else ""
+    parts = [f"{len(done.added)} certificate(s) revoked"]
+    if done.already:
+        parts.append(f"{len(done.already)} already were")
+    if done.unregistered:
+        parts.append(f"serial {', '.join(format(s, 'x') for s in done.unregistered)} is not in "
+                     "the registry (issued before it, or by another CA)")  # fmt: skip
+    print(what + "; ".join(parts))
+    return 0
+
+
+def _certs_list(args: argparse.Namespace) -> int:
+    from kurmad.api.auth import CertificateError, issued_clients, revoked_serials
+    from kurmad.cli.render import emit, table
+
+    tls = _tls_files(args)
+    if not tls.ca_cert.exists():
+        raise CertificateError(f"no certificate authority in {tls.directory}")
+    revoked = revoked_serials(tls)
+    clients = issued_clients(tls)
+    if args.output != "table":
+        emit([{**c.to_json(), "revoked": c.serial in revoked} for c in clients], args.output)
+        return 0
+    table(["NAME", "ROLE", "SERIAL", "EXPIRES", "REVOKED"],
+          [[c.name, c.role, f"{c.serial:x}", f"{c.not_after:%Y-%m-%d %H:%M}",
+            "yes" if c.serial in revoked else "no"] for c in clients])  # fmt: skip
     return 0
 
 

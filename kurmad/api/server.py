@@ -89,7 +89,7 @@ class Daemon:
         )  # fmt: skip
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="rpc"),
-            interceptors=[auth.AuthInterceptor(insecure_tcp=config.insecure)],
+            interceptors=[auth.AuthInterceptor(self.tls_files, insecure_tcp=config.insecure)],
             options=[
                 ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
                 ("grpc.max_send_message_length", _MESSAGE_LIMIT),
@@ -98,6 +98,10 @@ class Daemon:
         self._register()
         self.endpoints = self._bind()
         self._stopped = threading.Event()
+
+    @property
+    def tls_files(self) -> auth.TLSFiles:
+        return auth.TLSFiles(self.config.tls_dir or self.config.state_dir / "tls")
 
     def _register(self) -> None:
         rpc.add_PodsServicer_to_server(PodsService(self.manager), self.server)
@@ -131,7 +135,7 @@ class Daemon:
             log.warning("TCP %s without TLS: every client is admin (--insecure)", address)
             port = self.server.add_insecure_port(address)
         else:
-            tls = auth.TLSFiles(self.config.tls_dir or self.config.state_dir / "tls")
+            tls = self.tls_files
             auth.ensure_server_material(tls, [socket.gethostname()])
             port = self.server.add_secure_port(address, auth.server_credentials(tls))
         if port == 0:
