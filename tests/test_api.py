@@ -146,22 +146,6 @@ def test_run_with_the_host_network(daemon: ServeProcess) -> None:
     assert own.stdout.splitlines()[0] != host_net
 
 
-def test_a_host_network_pod_may_not_set_network_sysctls(
-    daemon: ServeProcess, tmp_path: Path
-) -> None:
-    with daemon.client() as kurma:
-        image_id = kurma.image("example.com/busybox").id
-    manifest = {"acKind": "PodManifest", "acVersion": "0.8.11",
-                "annotations": [{"name": "kurmad.io/host-network", "value": "true"}],
-                "isolators": [{"name": "os/unix/sysctl", "value": {"net.ipv4.ip_forward": "1"}}],
-                "apps": [{"name": "a", "image": {"id": image_id}}]}  # fmt: skip
-    path = tmp_path / "pod.json"
-    path.write_text(json.dumps(manifest))
-    result = kurmactl(daemon, "create", "-f", str(path))
-    assert result.returncode != 0
-    assert "sysctl net.ipv4.ip_forward would change the host's network" in result.stderr
-
-
 def test_run_an_aci_file_imports_it_first(daemon: ServeProcess, busybox_aci: Path) -> None:
     result = kurmactl(daemon, "run", "--rm", str(busybox_aci))
     assert result.returncode == 0 and result.stdout == "default app\n"
@@ -469,6 +453,37 @@ def test_roles_are_enforced_on_every_call(tls_daemon) -> None:
     assert caught.value.code == "FAILED_PRECONDITION", (
         "allowed, but kurmad serve does not own the power"
     )
+
+
+def test_an_operator_cannot_weaken_a_pods_confinement(tls_daemon, tmp_path: Path) -> None:
+    serve, bundles = tls_daemon
+    with Client(serve.tcp, bundles["operator"]) as operator:
+        image_id = operator.image("example.com/busybox").id
+        manifest = {"acKind": "PodManifest", "acVersion": "0.8.11",
+                    "annotations": [{"name": "kurmad.io/host-network", "value": "true"}],
+                    "isolators": [{"name": "os/unix/sysctl", "value": {"net.ipv4.ip_forward": "1"}}],
+                    "apps": [{"name": "a", "image": {"id": image_id}}]}  # fmt: skip
+        with pytest.raises(KurmaError) as caught:
+            operator.create(json.dumps(manifest))
+        assert caught.value.code == "PERMISSION_DENIED"
+        assert (
+            "needs the admin role for: the host's network; sysctl net.ipv4.ip_forward (the host's network)"
+            in caught.value.message
+        )
+        with pytest.raises(KurmaError) as caught:
+            operator.run("example.com/busybox", exec=["/bin/true"], volumes=[("/", "/host", True)])
+        assert (
+            caught.value.code == "PERMISSION_DENIED"
+            and "kurmad keeps from every pod" in caught.value.message
+        )
+        assert not [p for p in operator.pods() if p.name.startswith("a-")], "nothing was kept"
+    with Client(serve.tcp, bundles["admin"]) as admin, pytest.raises(KurmaError) as caught:
+        admin.run(
+            "example.com/busybox",
+            exec=["/bin/true"],
+            volumes=[(str(serve.state / "tls"), "/tls", True)],
+        )
+    assert caught.value.code == "PERMISSION_DENIED", "not even the admin mounts the CA key"
 
 
 def test_tcp_without_a_client_certificate_is_refused(tls_daemon, tmp_path: Path) -> None:

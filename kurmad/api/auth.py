@@ -47,23 +47,23 @@ from . import SERVER_NAME
 ROLES = ("reader", "operator", "admin")
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 
-_READER, _OPERATOR, _ADMIN = ROLES
+READER, OPERATOR, ADMIN = ROLES
 REQUIRED_ROLE: dict[str, str] = {
-    **{f"/kurma.v1.Pods/{m}": _READER for m in ("Get", "List", "Wait", "Logs")},
+    **{f"/kurma.v1.Pods/{m}": READER for m in ("Get", "List", "Wait", "Logs")},
     **{
-        f"/kurma.v1.Pods/{m}": _OPERATOR
+        f"/kurma.v1.Pods/{m}": OPERATOR
         for m in ("Create", "Start", "Stop", "Remove", "Exec", "Attach")
     },
-    **{f"/kurma.v1.Images/{m}": _READER for m in ("List", "Get")},
-    **{f"/kurma.v1.Images/{m}": _OPERATOR for m in ("Import", "Remove", "GC")},
-    "/kurma.v1.Host/Info": _READER,
-    "/kurma.v1.Host/Events": _READER,
-    "/kurma.v1.Host/Reboot": _ADMIN,
-    "/kurma.v1.Host/Poweroff": _ADMIN,
-    "/grpc.health.v1.Health/Check": _READER,
-    "/grpc.health.v1.Health/Watch": _READER,
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _READER,
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _READER,
+    **{f"/kurma.v1.Images/{m}": READER for m in ("List", "Get")},
+    **{f"/kurma.v1.Images/{m}": OPERATOR for m in ("Import", "Remove", "GC")},
+    "/kurma.v1.Host/Info": READER,
+    "/kurma.v1.Host/Events": READER,
+    "/kurma.v1.Host/Reboot": ADMIN,
+    "/kurma.v1.Host/Poweroff": ADMIN,
+    "/grpc.health.v1.Health/Check": READER,
+    "/grpc.health.v1.Health/Watch": READER,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": READER,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": READER,
 }
 
 CA_DAYS = 3650
@@ -565,9 +565,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def caller(self, context: grpc.ServicerContext) -> Caller:
         """Who is calling; CertificateError says why a TCP client has no role."""
         if context.peer().startswith("unix:"):
-            return Caller(_ADMIN, LOCAL_IDENTITY)
+            return Caller(ADMIN, LOCAL_IDENTITY)
         if self._insecure_tcp:
-            return Caller(_ADMIN, INSECURE_IDENTITY)
+            return Caller(ADMIN, INSECURE_IDENTITY)
         pems = context.auth_context().get("x509_pem_cert") or []
         if len(pems) != 1:
             raise CertificateError("no client certificate")
@@ -583,7 +583,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None:
             return None
-        required = REQUIRED_ROLE.get(details.method, _ADMIN)
+        required = REQUIRED_ROLE.get(details.method, ADMIN)
 
         def authorize(context: grpc.ServicerContext) -> Caller:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import select
 import socket
@@ -31,6 +32,9 @@ from .v1 import kurma_pb2 as pb
 from .v1 import kurma_pb2_grpc as rpc
 
 _READ = 65536
+# The longest grace or timeout a request may ask for (a day), and GC's age (ten years).
+MAX_SECONDS = 86400.0
+MAX_GC_GRACE = 10 * 365 * 86400.0
 
 
 class PodsService(rpc.PodsServicer):
@@ -45,7 +49,7 @@ class PodsService(rpc.PodsServicer):
             manifest = PodManifest.from_json(loads(request.manifest_json))
         else:
             raise BadRequest("give a manifest (manifest_json) or a run spec (run)")
-        admin = auth.current_caller().role == "admin"
+        admin = auth.current_caller().role == auth.ADMIN
         pod = self.manager.create(
             manifest, request.name or None, allow_privileged=admin, start_next=request.start
         )
@@ -69,7 +73,11 @@ class PodsService(rpc.PodsServicer):
 
     @handled
     def Stop(self, request: pb.StopPodRequest, context: grpc.ServicerContext) -> pb.Pod:
-        grace = request.grace_seconds if request.HasField("grace_seconds") else 10.0
+        grace = (
+            _seconds(request.grace_seconds, "grace_seconds")
+            if request.HasField("grace_seconds")
+            else 10.0
+        )
         return convert.pod(self.manager.stop(request.ref, grace))
 
     @handled
@@ -81,7 +89,11 @@ class PodsService(rpc.PodsServicer):
 
     @handled
     def Wait(self, request: pb.WaitPodRequest, context: grpc.ServicerContext) -> pb.Pod:
-        timeout = request.timeout_seconds if request.HasField("timeout_seconds") else None
+        timeout = (
+            _seconds(request.timeout_seconds, "timeout_seconds")
+            if request.HasField("timeout_seconds")
+            else None
+        )
         return convert.pod(self.manager.wait(request.ref, timeout))
 
     @handled_stream
@@ -146,6 +158,14 @@ class PodsService(rpc.PodsServicer):
         app = pod.app(start.app) if start.app else pod.apps[0]
         code = app.exit_code if app is not None and app.exit_code is not None else 255
         yield pb.ExecResponse(exit_code=code)
+
+
+def _seconds(value: float, field: str, maximum: float = MAX_SECONDS) -> float:
+    """A duration from a request: a number from 0 up to ``maximum`` (NaN and infinity are
+    not durations, and a negative one means nothing)."""
+    if not math.isfinite(value) or not 0 <= value <= maximum:
+        raise BadRequest(f"{field}: {value} must be a number of seconds from 0 to {maximum:g}")
+    return value
 
 
 def _run_request(run: pb.RunSpec) -> RunRequest:
@@ -305,7 +325,7 @@ class ImagesService(rpc.ImagesServicer):
 
     @handled
     def GC(self, request: pb.GCRequest, context: grpc.ServicerContext) -> pb.GCResponse:
-        removed = self.store.gc(request.grace_seconds)
+        removed = self.store.gc(_seconds(request.grace_seconds, "grace_seconds", MAX_GC_GRACE))
         for record in removed:
             self.events.emit("image", "removed", record.id, record.name)
         return pb.GCResponse(removed=[convert.image(r, []) for r in removed])

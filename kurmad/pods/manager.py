@@ -568,7 +568,7 @@ class PodManager:
                 return self._view(record)
             record.stop_requested = True
             self._persist(record)
-            write_json_atomic(self._dir(record.uuid) / STOP_FILE, {"grace": grace})
+            self._tell_grace(record, grace)
             pid = record.pid
         if pid is not None:
             self._signal_pod_init(record, signal.SIGTERM)
@@ -576,6 +576,14 @@ class PodManager:
             self._signal_pod_init(record, signal.SIGKILL)  # the whole PID namespace goes with it
             self.wait(record.uuid, timeout=5)
         return self._view(record)
+
+    def _tell_grace(self, record: _Record, grace: float) -> None:
+        """The pod init reads the grace period of a stop from stop.json; when the disk will not
+        take it, the pod's own grace applies, and the SIGKILL after ``grace`` still comes."""
+        try:
+            write_json_atomic(self._dir(record.uuid) / STOP_FILE, {"grace": grace})
+        except OSError as err:
+            log.warning("pod %s: stop grace not passed on: %s", record.name, err.strerror or err)
 
     def _signal_pod_init(self, record: _Record, signum: int) -> None:
         if record.pid is not None and start_time(record.pid) == record.pid_start:
