@@ -1,15 +1,20 @@
-"""Pod network pieces that need no root: the address pool, the firewall's script, and the
-checks of network definitions."""
+"""Pod network pieces that need no root: the address pool, the firewall's script, the checks
+of network definitions, and the names that keep instances apart (identity, veths, aliases)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
 
-from kurmad.net import firewall
+from kurmad.net import firewall, instance
+from kurmad.net.bridge import MAX_NETWORKS, VethName, parse_veth, veth_name
 from kurmad.net.config import NetworkError, check_network_configs
+from kurmad.net.instance import Instance, InstanceRunning, owner_of
 from kurmad.net.ipam import Ipam, IpamError, PoolExhausted
 
 
@@ -53,19 +58,41 @@ def test_concurrent_allocations_never_collide(tmp_path: Path) -> None:
 
 
 def test_the_firewall_script_replaces_the_whole_table() -> None:
-    script = firewall.render([firewall.Masquerade("kurma0", "10.222.0.0/16")],
+    script = firewall.render("kurmad-0123456789abcdef", [firewall.Masquerade("kurma0", "10.222.0.0/16")],
                              [firewall.Forward("tcp", 8080, "10.222.0.5", 80, "pod-a")])  # fmt: skip
     lines = script.splitlines()
-    assert lines[:3] == ["table inet kurmad {}", "delete table inet kurmad", "table inet kurmad {"]
+    table = "inet kurmad-0123456789abcdef"
+    assert lines[:3] == [f"table {table} {{}}", f"delete table {table}", f"table {table} {{"]
     assert (
         '    ip saddr 10.222.0.0/16 ip daddr != 10.222.0.0/16 masquerade comment "network kurma0"'
         in lines
     )
     assert (
         lines[-1]
-        == 'add element inet kurmad tcp_ports { 8080 comment "pod pod-a" : 10.222.0.5 . 80 }'
+        == f'add element {table} tcp_ports {{ 8080 comment "pod pod-a" : 10.222.0.5 . 80 }}'
     )
+    assert "kurmad " not in script and "kurmad\n" not in script  # no other table is named
     assert script.count("fib daddr type local dnat ip addr . port to tcp dport map @tcp_ports") == 2
+
+
+def test_the_ports_other_instances_publish_are_read_from_their_tables_only() -> None:
+    def ports(table: str, name: str, *elements: object) -> dict[str, object]:
+        return {"map": {"family": "inet", "name": name, "table": table, "elem": [
+            [e, {"concat": ["10.0.0.2", 80]}] for e in elements]}}  # fmt: skip
+
+    listing = {"nftables": [
+        {"metainfo": {"version": "1.0.6"}},
+        ports("kurmad-0123456789abcdef", "tcp_ports", 80, {"elem": {"val": 81, "comment": "pod x"}}),
+        ports("kurmad-0123456789abcdef", "udp_ports", 53),
+        ports("kurmad", "tcp_ports", 82),  # the one table of kurmad before instances
+        ports("kurmad-fedcba9876543210", "tcp_ports", 8080),  # our own
+        ports("other", "tcp_ports", 83), ports("kurmad-0123456789abcdef", "sets", 84),
+    ]}  # fmt: skip
+    assert firewall.published_ports(listing, "kurmad-fedcba9876543210") == {
+        "tcp/80": "kurmad-0123456789abcdef", "tcp/81": "kurmad-0123456789abcdef",
+        "udp/53": "kurmad-0123456789abcdef", "tcp/82": "kurmad",
+    }  # fmt: skip
+    assert firewall.published_ports({}, "kurmad-x") == {}
 
 
 @pytest.mark.parametrize(
@@ -78,6 +105,12 @@ def test_the_firewall_script_replaces_the_whole_table() -> None:
         ([{"name": "a", "subnet": "10.0.0.300/8"}], "is not a network like 10.88.0.0/16"),
         ([{"name": "a", "type": "macvlan"}], "type 'macvlan' is not bridge or cni"),
         ([{"name": "a", "type": "cni"}], "a cni network needs its plugin configuration in config"),
+        ([{"name": "a", "subnet": "10.1.0.0/16"}, {"name": "b", "bridge": "a", "subnet": "10.2.0.0/16"}],
+         "network b: bridge a is network a's already"),
+        ([{"name": "a", "bridge": "sixteen-bytes-xx", "subnet": "10.1.0.0/16"}],
+         "network a: bridge 'sixteen-bytes-xx' is not an interface name (1 to 15 bytes"),
+        ([{"name": "a", "bridge": "br:0", "subnet": "10.1.0.0/16"}], "bridge 'br:0' is not an interface name"),
+        ([{"name": "a", "bridge": "", "subnet": "10.1.0.0/16"}], "bridge '' is not an interface name"),
     ],
 )  # fmt: skip
 def test_bad_network_definitions_are_named(configs: list[dict[str, object]], message: str) -> None:
@@ -92,3 +125,78 @@ def test_a_pods_resolv_conf_leaves_out_loopback_resolvers() -> None:
     assert (
         _without_loopback(host) == b"# from the host\nnameserver 10.0.2.3\nnameserver\nsearch lan\n"
     )
+
+
+def test_an_instance_is_its_state_dir_whatever_path_reaches_it(tmp_path: Path) -> None:
+    first = Instance.of(tmp_path / "a")
+    assert first == Instance.of(tmp_path / "a")  # a restart
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    assert Instance.of(tmp_path / "link").id == first.id
+    (tmp_path / "a").rename(tmp_path / "moved")
+    assert Instance.of(tmp_path / "moved").id == first.id
+    others = {Instance.of(tmp_path / f"other{i}").id for i in range(50)}
+    assert len(others) == 50 and first.id not in others  # a copied state dir is another too
+    assert len(first.id) == 16 and int(first.id, 16) >= 0
+    assert (first.tag, first.table) == (first.id[:4], f"kurmad-{first.id}")
+    assert (tmp_path / "other0").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_bridge_alias_names_its_owner_and_nothing_else_passes_for_one() -> None:
+    owner = Instance("0123456789abcdef", "/var/lib/kurma")
+    assert owner.alias == "kurmad 0123456789abcdef /var/lib/kurma"
+    assert owner_of(owner.alias) == owner
+    assert owner_of("kurmad 0123456789abcdef") == Instance("0123456789abcdef", "unknown")
+    long = Instance("0123456789abcdef", "/" + "é" * 300)
+    assert len(long.alias.encode()) <= 255 and owner_of(long.alias) is not None
+    for foreign in ["", "my bridge", "kurmad", "kurmad 0123", "kurmad 0123456789ABCDEF /x",
+                    "kurmad 0123456789abcdeg /x", "kurmadx 0123456789abcdef /x"]:  # fmt: skip
+        assert owner_of(foreign) is None, foreign
+
+
+def test_host_veth_names_fit_and_say_their_instance_pod_and_network() -> None:
+    pod = str(uuid.uuid4())
+    names = [veth_name("3fa2", pod, index) for index in range(MAX_NETWORKS)]
+    assert all(len(name.encode()) <= 15 for name in names) and len(set(names)) == MAX_NETWORKS
+    assert names[0] == f"k3fa2{pod[:8]}{pod[9]}0" and names[15].endswith("f")
+    assert [parse_veth(name) for name in names] == [
+        VethName("3fa2", pod.replace("-", "")[:9], index) for index in range(MAX_NETWORKS)
+    ]
+    assert str(parse_veth(names[3])) == names[3]
+    with pytest.raises(ValueError, match="network index 16 is not in 0..15"):
+        veth_name("3fa2", pod, MAX_NETWORKS)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["kurma0", "kv0123456789ab0", "veth1a2b3c4d", "k3fa2012345678", "k3fa2012345678ab",
+     "K3fa20123456780", "k3fa2O12345678a", "x3fa20123456789", "kp0", "lo", ""],
+)  # fmt: skip
+def test_names_that_are_not_a_host_veth_of_kurmad_are_not_parsed(name: str) -> None:
+    assert parse_veth(name) is None
+
+
+def test_a_running_instance_is_seen_by_others_and_held_once(tmp_path: Path) -> None:
+    mine = Instance.of(tmp_path / "mine")
+    assert not instance.is_running(mine.id)
+    instance.hold(mine)
+    instance.hold(mine)  # again: the same process keeps its hold
+    # Another process sees it running; this one never takes what it holds for a live owner.
+    assert _in_child(f"print(instance.is_running({mine.id!r}))") == "True"
+    assert not instance.is_running(mine.id)
+    again = f"""
+try:
+    instance.hold(instance.Instance({mine.id!r}, {mine.state_dir!r}))
+except instance.InstanceRunning as err:
+    print(err)
+"""
+    assert _in_child(again) == (
+        f"kurmad instance {mine.id} (state dir {mine.state_dir}) is running already in this "
+        "network namespace"
+    )
+    assert issubclass(InstanceRunning, ValueError)  # kurmad serve prints it as one line
+
+
+def _in_child(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", f"from kurmad.net import instance\n{code}"],
+                            capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    return result.stdout.strip()

@@ -1,7 +1,8 @@
 """Pod networks end to end, every packet inside namespaces made here: kurmad serve runs in a
 'host' namespace wired to an 'outside' one; pods join bridge networks and a CNI one, talk to
 each other, the host and the outside; published ports are reached from outside and from the
-host; addresses are never shared; nothing is left behind after removal or a SIGKILL."""
+host; addresses are never shared; nothing is left behind after removal or a SIGKILL. Two
+instances side by side (two state dirs) never touch each other's bridges, veths or tables."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ from pyroute2 import NetNS
 
 from kurmad.client import Client, KurmaError
 from kurmad.linux.cgroups import CgroupDriver
+from kurmad.net.bridge import parse_veth
+from kurmad.net.instance import Instance
 
 from .busybox import busybox_entries, busybox_path
 from .daemon import ServeProcess
@@ -52,18 +56,17 @@ def networks(tmp: Path) -> dict[str, Any]:
 
 
 class Host:
-    """The test's 'host' namespace with kurmad serve in it, and the 'outside' wired to it."""
+    """A kurmad serve in the test's 'host' namespace, with the 'outside' wired to it."""
 
-    def __init__(self, tmp: Path, ns: dict[str, str]) -> None:
+    def __init__(self, tmp: Path, ns: dict[str, str], config: dict[str, Any],
+                 state: str = "state") -> None:  # fmt: skip
         self.tmp, self.ns = tmp, ns
-        (tmp / "plugins").mkdir()
-        garbage = tmp / "plugins" / "garbage"
-        garbage.write_text("#!/bin/sh\necho this is not JSON\n")
-        garbage.chmod(0o755)
-        config = tmp / "networks.yml"
-        config.write_text(yaml.safe_dump(networks(tmp)))
-        self.serve = ServeProcess(tmp / "state", "--network-config", str(config),
+        self.state = tmp / state
+        path = tmp / f"{state}-networks.yml"
+        path.write_text(yaml.safe_dump(config))
+        self.serve = ServeProcess(self.state, "--network-config", str(path),
                                   prefix=("nsenter", f"--net={NETNS_DIR / ns['host']}"))  # fmt: skip
+        self.serve.cgroup_parent = f"/kurmad-test-{os.getpid()}-net-{state}"
 
     def run(
         self, *argv: str, namespace: str = "host", timeout: float = 30
@@ -87,11 +90,19 @@ class Host:
             time.sleep(0.05)
         return True
 
+    @property
+    def table(self) -> str:
+        return Instance.of(self.state).table
+
     def nft(self) -> str:
-        return self.run("nft", "list", "table", "inet", "kurmad").stdout
+        return self.run("nft", "list", "table", "inet", self.table).stdout
+
+    def kurmad_tables(self) -> list[str]:
+        listed = self.run("nft", "list", "tables").stdout.splitlines()
+        return sorted(line for line in listed if "kurmad" in line)
 
     def leases(self, network: str) -> dict[str, str]:
-        path = self.tmp / "state" / "networks" / network / "leases.json"
+        path = self.state / "networks" / network / "leases.json"
         return dict(json.loads(path.read_text())["leases"]) if path.exists() else {}
 
     def fetch(self, url: str, namespace: str = "host") -> str:
@@ -101,30 +112,52 @@ class Host:
         return result.stdout
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    tmp = tmp_path_factory.mktemp("podnet")
+@contextmanager
+def host_and_outside() -> Iterator[dict[str, str]]:
+    """The 'host' namespace (lo up, 10.99.0.1 on uplink) and the 'outside' (10.99.0.2)."""
     with namespaces("host", "outside") as ns:
         with NetNS(ns["host"]) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         veth(ns["host"], "uplink", ns["outside"], "eth0")
         address(ns["host"], "uplink", "10.99.0.1", 24)
         address(ns["outside"], "eth0", "10.99.0.2", 24)
-        box = Host(tmp, ns)
-        box.serve.cgroup_parent = f"/kurmad-test-{os.getpid()}-net"
-        box.serve.start()
-        image = tmp / "netbox.aci"
-        manifest = image_manifest(IMAGE, "1.0.0")
-        manifest["app"] = {"exec": ["/bin/sh"], "user": "0", "group": "0",
-                           "ports": [{"name": "web", "protocol": "tcp", "port": 80}]}  # fmt: skip
-        image.write_bytes(aci(manifest, busybox_entries(), "gzip"))
-        assert box.kurmactl("image", "import", str(image)).returncode == 0
-        try:
-            yield box
-        finally:
+        yield ns
+
+
+@contextmanager
+def serving(*boxes: Host) -> Iterator[None]:
+    """The daemons started, each with the image; afterwards their pods removed, stopped."""
+    started = []
+    try:
+        for box in boxes:
+            box.serve.start()
+            started.append(box)
+            image = box.tmp / "netbox.aci"
+            if not image.exists():
+                manifest = image_manifest(IMAGE, "1.0.0")
+                manifest["app"] = {"exec": ["/bin/sh"], "user": "0", "group": "0",
+                                   "ports": [{"name": "web", "protocol": "tcp", "port": 80}]}  # fmt: skip
+                image.write_bytes(aci(manifest, busybox_entries(), "gzip"))
+            assert box.kurmactl("image", "import", str(image)).returncode == 0
+        yield
+    finally:
+        for box in started:
             box.serve.cleanup_pods()
             box.serve.stop()
             CgroupDriver(box.serve.cgroup_parent).cgroup("").remove()
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
+    tmp = tmp_path_factory.mktemp("podnet")
+    (tmp / "plugins").mkdir()
+    garbage = tmp / "plugins" / "garbage"
+    garbage.write_text("#!/bin/sh\necho this is not JSON\n")
+    garbage.chmod(0o755)
+    with host_and_outside() as ns:
+        box = Host(tmp, ns, networks(tmp))
+        with serving(box):
+            yield box
 
 
 WEB = [
@@ -214,7 +247,7 @@ def test_a_cni_network(host: Host) -> None:
 
 def test_a_cni_plugin_that_prints_garbage_fails_the_start_with_nothing_left(host: Host) -> None:
     def namespaces_held() -> set[Path]:
-        return set((host.tmp / "state" / "pods").glob("*/netns"))
+        return set((host.state / "pods").glob("*/netns"))
 
     before = (host.links(), namespaces_held())
     result = host.kurmactl("run", "--rm", "--net", "broken", IMAGE, "--", "/bin/true")
@@ -282,16 +315,16 @@ def test_nothing_is_left_after_a_sigkill_restart_and_removal(host: Host) -> None
         assert host.kurmactl("rm", "-f", name).returncode == 0
     # The pods' namespaces are let go and the kernel removes their veths right after.
     assert host.wait(
-        lambda: not [link for link in host.links() if link.startswith(("kv", "kp", "veth"))]
+        lambda: not [link for link in host.links() if parse_veth(link) or link.startswith("veth")]
     )
     assert all(
         leases == {}
         for leases in (host.leases("kurma0"), host.leases("second"), host.leases("tiny"))
     )
     assert "comment" not in host.nft().split("map udp_ports")[0]  # no published port is left
-    assert json.loads((host.tmp / "state" / "networks" / "ports.json").read_text()) == {}
+    assert json.loads((host.state / "networks" / "ports.json").read_text()) == {}
     mounts = Path("/proc/self/mountinfo").read_text()  # no pod's namespace file is mounted
-    assert f"{host.tmp}/state/pods" not in mounts
+    assert f"{host.state}/pods" not in mounts
 
 
 def test_overlapping_subnets_are_refused(tmp_path: Path) -> None:
@@ -328,3 +361,148 @@ def test_a_manifest_publishes_an_apps_port_by_name(host: Host, tmp_path: Path) -
     )
     assert host.fetch("http://10.99.0.1:19001/index.html", "outside") == "served by byname\n"
     assert host.kurmactl("rm", "-f", "byname").returncode == 0
+
+
+# -- two instances on one host ------------------------------------------------------------------
+
+
+def one_bridge(bridge: str, subnet: str) -> dict[str, Any]:
+    return {"networks": [{"name": "kurma0", "type": "bridge", "bridge": bridge, "subnet": subnet}]}
+
+
+class Side:
+    """One instance of a pair, and what of the host's network is its own."""
+
+    def __init__(self, box: Host, bridge: str, port: int) -> None:
+        self.box, self.bridge, self.port = box, bridge, port
+        self.pod = ""
+
+    def run_web(self, name: str) -> None:
+        result = self.box.kurmactl("run", "-d", "--name", name, "-p", f"{self.port}:80", IMAGE,
+                                   "--", *WEB)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        with self.box.serve.client() as client:
+            self.pod = client.get(name).uuid
+
+    def answers(self) -> str:
+        return self.box.fetch(f"http://10.99.0.1:{self.port}/index.html", "outside")
+
+    def own(self) -> dict[str, Any]:
+        """Its bridge (index, alias, addresses), its veths on it, and its table."""
+        tag = Instance.of(self.box.state).tag
+        with NetNS(self.box.ns["host"]) as ipr:
+            (bridge,) = ipr.get_links(ifname=self.bridge)
+            addresses = sorted(f"{a.get('address')}/{a['prefixlen']}"
+                               for a in ipr.get_addr(index=bridge["index"], family=2))  # fmt: skip
+            veths = sorted(link.get("ifname") for link in ipr.get_links()
+                           if link.get("master") == bridge["index"])  # fmt: skip
+        names = [parse_veth(v) for v in veths]
+        assert all(n is not None and n.instance == tag for n in names), veths
+        return {"bridge": (bridge["index"], bridge.get("ifalias"), addresses), "veths": veths,
+                "table": self.box.nft()}  # fmt: skip
+
+
+def test_two_instances_side_by_side_never_touch_each_other(tmp_path: Path) -> None:
+    with host_and_outside() as ns:
+        a = Side(Host(tmp_path, ns, one_bridge("kia0", "10.241.0.0/24"), "a"), "kia0", 18100)
+        b = Side(Host(tmp_path, ns, one_bridge("kib0", "10.242.0.0/24"), "b"), "kib0", 18200)
+        with serving(a.box, b.box):
+            a.run_web("web-a")
+            b.run_web("web-b")
+            tables = sorted(f"table inet {side.box.table}" for side in (a, b))
+            assert a.box.kurmad_tables() == tables
+            for side in (a, b):
+                (veth_,) = side.own()["veths"]  # the pod's veth on the instance's own bridge
+                assert parse_veth(veth_).pod == side.pod.replace("-", "")[:9]  # type: ignore[union-attr]
+                assert f'{side.port} comment "pod {side.pod}"' in side.own()["table"]
+            taken = b.box.kurmactl("run", "-d", "-p", f"{a.port}:80", IMAGE, "--", *WEB)
+            assert taken.returncode != 0
+            assert (f"host port tcp/{a.port} is published by another kurmad instance already "
+                    f"(table inet {a.box.table})") in taken.stderr  # fmt: skip
+            before = {"a": a.own(), "b": b.own()}
+
+            for side in (a, b):  # SIGKILL and restart each in turn
+                side.box.serve.kill()
+                side.box.serve.start()
+                assert (a.answers(), b.answers()) == ("served by web-a\n", "served by web-b\n")
+                assert a.box.kurmad_tables() == tables
+                assert {"a": a.own(), "b": b.own()} == before  # the bridge reused, not remade
+
+            # A third instance configured with a's bridge is refused, and a is as it was.
+            c = Host(tmp_path, ns, one_bridge("kia0", "10.243.0.0/24"), "c")
+            owner = f"kurmad instance {Instance.of(a.box.state).id} (state dir {a.box.state})"
+            with pytest.raises(RuntimeError) as refused:
+                c.serve.start()
+            assert f"network kurma0: bridge kia0 belongs to {owner}, which is running" in str(
+                refused.value
+            )
+            # Its daemon killed, a still has a pod on the bridge: still a's.
+            a.box.serve.kill()
+            with pytest.raises(RuntimeError) as refused:
+                c.serve.start()
+            assert f"bridge kia0 belongs to {owner}, which has pods on it ({before['a']['veths'][0]})" in str(
+                refused.value
+            )  # fmt: skip
+            a.box.serve.start()
+            assert a.answers() == "served by web-a\n"
+            assert {"a": a.own(), "b": b.own()} == before
+            assert a.box.kurmad_tables() == tables
+
+            # Removing a's pod leaves b's untouched.
+            assert a.box.kurmactl("rm", "-f", "web-a").returncode == 0
+            assert a.box.wait(lambda: a.own()["veths"] == [])
+            assert f"{a.port} comment" not in a.own()["table"]
+            assert b.own() == before["b"] and b.answers() == "served by web-b\n"
+
+
+def test_a_bridge_that_is_not_kurmads_or_is_a_gone_instances(tmp_path: Path) -> None:
+    """Bridges kurmad did not make, or that a gone instance did; and the veths that an
+    instance's start removes: its own whose pod is gone, never another's."""
+    bare_tag = Instance.of(tmp_path / "kbare0").tag  # the state dir of the kbare0 instance
+    ours, lost, imposter = (f"k{bare_tag}{digit * 9}0" for digit in "012")
+    others = f"k{'ffff' if bare_tag != 'ffff' else 'eeee'}{'3' * 9}0"
+    with host_and_outside() as ns:
+        with NetNS(ns["host"]) as ipr:
+            for name, alias in [("kforeign0", "my own bridge"),
+                                ("kgone0", "kurmad 0123456789abcdef /nowhere"), ("kbare0", None)]:  # fmt: skip
+                ipr.link("add", ifname=name, kind="bridge")
+                if alias:
+                    ipr.link("set", index=ipr.link_lookup(ifname=name)[0], ifalias=alias)
+            # A stray of kbare0's instance on its bridge and one on no bridge; one with its tag
+            # on a bridge not its own (another instance's, with the same tag); another's.
+            for i, (name, master) in enumerate([(ours, "kbare0"), (lost, None),
+                                                (imposter, "kforeign0"), (others, None)]):  # fmt: skip
+                ipr.link("add", ifname=name, kind="veth", peer=f"kpeer{i}")
+                if master:
+                    ipr.link("set", index=ipr.link_lookup(ifname=name)[0],
+                             master=ipr.link_lookup(ifname=master)[0])  # fmt: skip
+
+        def start(bridge: str, subnet: str) -> Host:
+            box = Host(tmp_path, ns, one_bridge(bridge, subnet), bridge)
+            box.serve.start()
+            return box
+
+        with pytest.raises(RuntimeError) as refused:
+            start("kforeign0", "10.244.0.0/24")
+        assert ("network kurma0: bridge kforeign0 is not kurmad's (its alias is 'my own bridge'): "
+                "it is left alone") in str(refused.value)  # fmt: skip
+        with pytest.raises(RuntimeError) as refused:
+            start("uplink", "10.245.0.0/24")
+        assert "bridge uplink exists and is a veth, not a bridge" in str(refused.value)
+        started = [start("kgone0", "10.246.0.0/24"), start("kbare0", "10.247.0.0/24")]
+        try:
+            gone, bare = started
+            assert "took bridge kgone0 over from kurmad instance 0123456789abcdef (state dir /nowhere), gone" in gone.serve.log.read_text()  # fmt: skip
+            assert "took bridge kbare0, which had no owner" in bare.serve.log.read_text()
+            assert f"removed veth {ours}" in bare.serve.log.read_text()
+            with NetNS(ns["host"]) as ipr:
+                links = {link.get("ifname"): link for link in ipr.get_links()}
+                assert links["kforeign0"].get("ifalias") == "my own bridge"
+                assert not ipr.get_addr(index=links["kforeign0"]["index"], family=2)
+                assert not ipr.get_addr(index=links["uplink"]["index"], address="10.245.0.1")
+                for box, bridge in ((gone, "kgone0"), (bare, "kbare0")):
+                    assert links[bridge].get("ifalias") == Instance.of(box.state).alias
+                assert {ours, lost, imposter, others} & set(links) == {imposter, others}
+        finally:
+            for box in started:
+                box.serve.stop()

@@ -18,6 +18,7 @@ def check_network_configs(configs: list[dict[str, Any]]) -> None:
     """Names unique, types known, subnets valid and not overlapping one another."""
     seen: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
     names: set[str] = set()
+    bridges: dict[str, str] = {}  # bridge -> the network it is
     for i, config in enumerate(configs):
         name = config.get("name")
         if not isinstance(name, str) or not name or name in (HOST, NONE) or "," in name:
@@ -40,9 +41,31 @@ def check_network_configs(configs: list[dict[str, Any]]) -> None:
             raise NetworkError(
                 f"network {name}: subnet {config.get('subnet')!r} is not a network like 10.88.0.0/16"
             ) from None
+        _check_bridge(name, config.get("bridge", name), bridges)
         for other, taken in seen.items():
             if subnet.overlaps(taken):
                 raise NetworkError(
                     f"network {name}: subnet {subnet} overlaps {taken} of network {other}"
                 )
         seen[name] = subnet
+
+
+def _check_bridge(network: str, bridge: object, bridges: dict[str, str]) -> None:
+    """A bridge name the kernel takes (15 bytes, no / : or space), of one network only:
+    two would each set their gateway on it."""
+    if (
+        not isinstance(bridge, str)
+        or not bridge
+        or len(bridge.encode()) > 15
+        or bridge in (".", "..")
+        or any(c in "/:" or c.isspace() for c in bridge)
+    ):
+        raise NetworkError(
+            f"network {network}: bridge {bridge!r} is not an interface name "
+            "(1 to 15 bytes, no '/', ':' or spaces)"
+        )
+    if bridge in bridges:
+        raise NetworkError(
+            f"network {network}: bridge {bridge} is network {bridges[bridge]}'s already"
+        )
+    bridges[bridge] = network

@@ -6,7 +6,11 @@ ports reserved, so an exhausted pool or a taken port is refused then, with nothi
 start: the namespace file is made and wired (veth on a bridge, or the CNI plugins' ADD), and the
 firewall gets the pod's published ports. At removal: unwired (CNI DEL), leases and ports given
 back. At every daemon start: reconcile, so leases, veths and rules of pods that are gone go too.
-The plan of a pod (its networks, addresses, ports, CNI results) is kept in its record."""
+The plan of a pod (its networks, addresses, ports, CNI results) is kept in its record.
+
+Several instances (state dirs) may share the host: each has its own identity (instance.py),
+its own bridges (claimed at daemon start; another's is refused then), its own table, and
+veths named after it; reconcile touches nothing else."""
 
 from __future__ import annotations
 
@@ -22,10 +26,19 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from kurmad.linux.files import read_json, write_json_atomic
 
-from . import firewall, netns
-from .bridge import BridgeNetwork, BridgeSpec, NetworkSetupError, pod_of_veth
+from . import firewall, instance, netns
+from .bridge import (
+    MAX_NETWORKS,
+    POD_DIGITS,
+    VETH_PREFIX,
+    BridgeNetwork,
+    BridgeSpec,
+    NetworkSetupError,
+    parse_veth,
+)
 from .cni import CniError, CniNetwork, CniResult
 from .config import HOST, NONE, NetworkError, check_network_configs
+from .instance import Instance
 from .ipam import IpamError
 from .ports import PortRequest
 
@@ -36,6 +49,7 @@ class PodNetworks:
     ) -> None:
         check_network_configs(configs)
         self.state_dir = state_dir
+        self.instance = Instance.of(state_dir)
         self.bridges: dict[str, BridgeNetwork] = {}
         self.cni: dict[str, CniNetwork] = {}
         for config in configs:
@@ -43,7 +57,7 @@ class PodNetworks:
                 self.cni[config["name"]] = CniNetwork(config["config"], **_cni_options(config))
             else:
                 self.bridges[config["name"]] = BridgeNetwork(
-                    BridgeSpec.from_config(config), state_dir
+                    BridgeSpec.from_config(config), state_dir, self.instance
                 )
         self.default = default or (configs[0]["name"] if configs else NONE)
         self.ports_file = state_dir / "networks" / "ports.json"
@@ -52,9 +66,6 @@ class PodNetworks:
         )
         self._lock = threading.RLock()
         self._addresses: dict[str, str] = {}  # wired pod -> its first address, for port forwards
-        self._ensured: set[str] = (
-            set()
-        )  # bridges set up by this daemon (attach re-makes a lost one)
 
     # -- what a pod asks for ------------------------------------------------------------------------
 
@@ -63,6 +74,10 @@ class PodNetworks:
         names = [n.strip() for n in (asked or self.default).split(",") if n.strip()]
         if names in ([NONE], [HOST]):
             return names
+        if len(names) > MAX_NETWORKS:
+            raise NetworkError(
+                f"networks: a pod joins at most {MAX_NETWORKS} networks, not {len(names)}"
+            )
         for name in names:
             if name in (NONE, HOST):
                 raise NetworkError(f"networks: {name} cannot be combined with other networks")
@@ -90,6 +105,7 @@ class PodNetworks:
         return plan
 
     def _reserve_ports(self, pod_uuid: str, ports: list[PortRequest]) -> list[dict[str, Any]]:
+        elsewhere = self._ports_of_other_instances() if ports else {}
         with self._lock:
             for request in ports:
                 holder = self._ports.get(request.key)
@@ -97,12 +113,23 @@ class PodNetworks:
                     raise NetworkError(
                         f"ports: host port {request.key} is published by pod {holder['pod']} already"
                     )
+                if request.key in elsewhere:
+                    raise NetworkError(
+                        f"ports: host port {request.key} is published by another kurmad "
+                        f"instance already (table inet {elsewhere[request.key]})"
+                    )
                 _check_port_free(request)
             reserved = [{"pod": pod_uuid, **asdict(r)} for r in ports]
             for request, entry in zip(ports, reserved, strict=True):
                 self._ports[request.key] = entry
             self._save_ports()
         return reserved
+
+    def _ports_of_other_instances(self) -> dict[str, str]:
+        try:
+            return firewall.ports_of_other_instances(self.instance.table)
+        except firewall.FirewallError as err:
+            raise NetworkError(f"ports: {err}") from None
 
     def _save_ports(self) -> None:
         self.ports_file.parent.mkdir(parents=True, exist_ok=True)
@@ -138,10 +165,6 @@ class PodNetworks:
         name = entry["name"]
         if name in self.bridges:
             bridge = self.bridges[name]
-            with self._lock:
-                if name not in self._ensured:
-                    bridge.ensure_bridge(ipr)
-                    self._ensured.add(name)
             bridge.attach(ipr, pod_uuid, entry["index"], namespace, entry["ifname"],
                           entry["address"], default_route)  # fmt: skip
             entry["gateway"] = bridge.gateway
@@ -195,10 +218,16 @@ class PodNetworks:
                 self._sync_firewall()
 
     def reconcile(self, live: dict[str, dict[str, Any]]) -> list[str]:
-        """After a (re)start: forget what belongs to pods that no longer exist, remove host
-        veths nobody owns, and write the firewall from what remains. ``live`` maps each
+        """After a (re)start: claim the bridges (BridgeInUse, with nothing changed, if one is
+        another's), forget what belongs to pods that no longer exist, remove this instance's
+        host veths that no pod owns, and write its table from what remains. ``live`` maps each
         existing pod to its plan."""
-        done = []
+        done = [f"instance {self.instance.id}: table inet {self.instance.table}, "
+                f"host veths {VETH_PREFIX}{self.instance.tag}*"]  # fmt: skip
+        if self.bridges:
+            instance.hold(self.instance)  # what owns bridges must be seen running
+            with IPRoute() as ipr:
+                done += [bridge.ensure_bridge(ipr) for bridge in self.bridges.values()]
         for bridge in self.bridges.values():
             released = bridge.ipam.release_unless(set(live))
             done += [f"released {a} on {bridge.spec.name}" for a in released]
@@ -209,7 +238,7 @@ class PodNetworks:
             if stale:
                 self._save_ports()
             done += [f"unpublished {k}" for k in stale]
-        done += self._remove_stray_veths({p.replace("-", "")[:12] for p in live})
+        done += self._remove_stray_veths({p.replace("-", "")[:POD_DIGITS] for p in live})
         with self._lock:
             self._addresses = {
                 pod: first for pod, plan in live.items() if (first := first_address(plan))
@@ -219,18 +248,25 @@ class PodNetworks:
         return done
 
     def _remove_stray_veths(self, live_prefixes: set[str]) -> list[str]:
+        """This instance's host veths whose pod is gone. A veth named like ours but on a
+        bridge that is not ours is another instance's whose tag is the same: left alone."""
         removed = []
         with IPRoute() as ipr:
-            for link in ipr.get_links():
-                name = link.get("ifname") or ""
-                owner = pod_of_veth(name)
-                if owner is not None and owner not in live_prefixes:
-                    try:
-                        ipr.link("del", index=link["index"])
-                        removed.append(f"removed veth {name}")
-                    except NetlinkError as err:
-                        if err.code != errno.ENODEV:
-                            raise
+            links = ipr.get_links()
+            bridges = {b.spec.bridge for b in self.bridges.values()}
+            ours = {link["index"] for link in links if link.get("ifname") in bridges}
+            for link in links:
+                name = parse_veth(link.get("ifname") or "")
+                if name is None or name.instance != self.instance.tag or name.pod in live_prefixes:
+                    continue
+                if link.get("master") not in (None, *ours):
+                    continue
+                try:
+                    ipr.link("del", index=link["index"])
+                    removed.append(f"removed veth {name}")
+                except NetlinkError as err:
+                    if err.code != errno.ENODEV:
+                        raise
         return removed
 
     def _sync_firewall(self) -> None:
@@ -245,9 +281,9 @@ class PodNetworks:
             forwards = [firewall.Forward(v["protocol"], v["host_port"], self._addresses[v["pod"]], v["port"], v["pod"])
                         for v in self._ports.values() if v["pod"] in self._addresses]  # fmt: skip
         if masquerades or forwards:
-            firewall.replace(masquerades, forwards)
+            firewall.replace(self.instance.table, masquerades, forwards)
         else:
-            firewall.remove()
+            firewall.remove(self.instance.table)
 
 
 def first_address(plan: dict[str, Any]) -> str:
