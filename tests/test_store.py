@@ -419,8 +419,7 @@ def test_file_capabilities_are_kept(store: ImageStore) -> None:
     expected = file_capabilities(CAP_NET_RAW, CAP_SETUID)
     assert os.getxattr(ping, "security.capability") == expected
     assert stat.S_IMODE(ping.stat().st_mode) == 0o755 and ping.stat().st_uid == 0
-    shown = subprocess.run(["getcap", str(ping)], capture_output=True, text=True, check=True)
-    assert "cap_setuid,cap_net_raw=ep" in shown.stdout
+    assert (store.rootfs(record.id) / "bin/ping6").stat().st_ino == ping.stat().st_ino
     assert record.warnings == ()
 
 
