@@ -7,8 +7,9 @@ import gzip
 import io
 import json
 import lzma
+import struct
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zstandard
@@ -28,14 +29,27 @@ class Entry:
     data: bytes = b""
     mode: int = 0o644
     linkname: str = ""
+    # Extended attributes, written as PAX SCHILY.xattr.* records as GNU tar and Docker do.
+    xattrs: dict[str, bytes] = field(default_factory=dict)
 
 
-def file(name: str, data: bytes | str = b"", mode: int = 0o644) -> Entry:
-    return Entry(name, tarfile.REGTYPE, data.encode() if isinstance(data, str) else data, mode)
+def file(
+    name: str, data: bytes | str = b"", mode: int = 0o644, xattrs: dict[str, bytes] | None = None
+) -> Entry:
+    body = data.encode() if isinstance(data, str) else data
+    return Entry(name, tarfile.REGTYPE, body, mode, xattrs=xattrs or {})
 
 
-def directory(name: str, mode: int = 0o755) -> Entry:
-    return Entry(name, tarfile.DIRTYPE, mode=mode)
+def directory(name: str, mode: int = 0o755, xattrs: dict[str, bytes] | None = None) -> Entry:
+    return Entry(name, tarfile.DIRTYPE, mode=mode, xattrs=xattrs or {})
+
+
+def file_capabilities(*capabilities: int, effective: bool = True) -> bytes:
+    """A ``security.capability`` value (struct vfs_cap_data, revision 2) permitting these
+    capability numbers."""
+    permitted = sum(1 << c for c in capabilities)
+    magic = 0x02000000 | (1 if effective else 0)
+    return struct.pack("<5I", magic, permitted & 0xFFFFFFFF, 0, permitted >> 32, 0)
 
 
 def symlink(name: str, target: str) -> Entry:
@@ -64,6 +78,10 @@ def tar_bytes(entries: list[Entry]) -> bytes:
             info.mode = e.mode
             info.linkname = e.linkname
             info.size = len(e.data) if e.type == tarfile.REGTYPE else 0
+            info.pax_headers = {
+                f"SCHILY.xattr.{key}": value.decode("utf-8", "surrogateescape")
+                for key, value in e.xattrs.items()
+            }
             tar.addfile(info, io.BytesIO(e.data) if info.size else None)
     return buf.getvalue()
 
@@ -100,7 +118,15 @@ def image_manifest(
     return manifest
 
 
-def aci(manifest: dict[str, Any], entries: list[Entry], how: str = "none") -> bytes:
+def aci(
+    manifest: dict[str, Any],
+    entries: list[Entry],
+    how: str = "none",
+    rootfs_xattrs: dict[str, bytes] | None = None,
+) -> bytes:
     """An ACI of ``manifest`` and rootfs ``entries`` (names relative to rootfs/)."""
-    rooted = [Entry(f"rootfs/{e.name}", e.type, e.data, e.mode, e.linkname) for e in entries]
-    return compress(tar_bytes([manifest_entry(manifest), directory("rootfs"), *rooted]), how)
+    rooted = [
+        Entry(f"rootfs/{e.name}", e.type, e.data, e.mode, e.linkname, e.xattrs) for e in entries
+    ]
+    rootfs = directory("rootfs", xattrs=rootfs_xattrs)
+    return compress(tar_bytes([manifest_entry(manifest), rootfs, *rooted]), how)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -27,7 +29,16 @@ from kurmad.images.store import (
     StoreError,
 )
 
-from .tarcraft import aci, directory, file, hardlink, image_manifest, symlink
+from .tarcraft import (
+    Entry,
+    aci,
+    directory,
+    file,
+    file_capabilities,
+    hardlink,
+    image_manifest,
+    symlink,
+)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mknod, mounts)")
 
@@ -61,6 +72,22 @@ def snapshot(s: ImageStore) -> tuple[list[str], list[str], list[str]]:
         sorted(p.name for p in (root / "images").iterdir()),
         sorted(p.name for p in (root / "tmp").iterdir()),
     )
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A tmpfs of ``size`` mounted on ``path`` for the block: a disk that fills up quickly."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def free_bytes(path: Path) -> int:
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize
 
 
 # --- import -------------------------------------------------------------------------------------
@@ -189,6 +216,86 @@ def test_delete_is_refused_while_a_pod_holds_the_image(store: ImageStore) -> Non
     assert store.used_bytes == 0
 
 
+@needs_root
+def test_deleting_a_big_image_leaves_listing_and_lookups_free(tmp_path: Path) -> None:
+    # 200k files, as in the issue, on a tmpfs: about 2 s to make and 1 s to remove here (on
+    # an ext4 disk that other tests keep busy, making them can take minutes).
+    with small_tmpfs(tmp_path / "fast", "1g") as mountpoint:
+        store = ImageStore(mountpoint / "store", durable=False)
+        big = do_import(store, simple("example.com/big")).record
+        other = do_import(store, simple("example.com/other")).record
+        # Filled in place rather than imported: as many tar entries would take far longer.
+        rootfs = store.rootfs(big.id)
+        for d in range(200):
+            os.mkdir(rootfs / f"d{d}")
+            for f in range(1000):
+                os.close(os.open(f"{rootfs}/d{d}/f{f}", os.O_CREAT | os.O_WRONLY, 0o644))
+        deleter = threading.Thread(target=store.delete, args=(big.id,))
+        deleter.start()
+        deadline = time.monotonic() + 30
+        while rootfs.exists():  # renamed into tmp/ under the lock: the delete has begun
+            assert time.monotonic() < deadline, "the delete never began"
+            time.sleep(0.001)
+        started = time.monotonic()
+        assert [r.id for r in store.images()] == [other.id]
+        assert store.lookup("example.com/other") == other
+        with pytest.raises(ImageNotFound):
+            store.get(big.id)
+        answered_in = time.monotonic() - started
+        still_deleting = deleter.is_alive()
+        deleter.join()
+        assert still_deleting, f"the listing waited for the delete ({answered_in:.2f} s)"
+        assert snapshot(store) == ([other.id], [other.id.digest], [])
+        store.close()
+
+
+@pytest.mark.parametrize("how", ["delete", "gc"])
+def test_files_are_removed_after_the_lock_is_released(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """While a deletion's files are being removed, every other call goes on: an image can be
+    listed, looked up, imported, held and deleted."""
+    doomed = do_import(store, simple("example.com/doomed")).record
+    other = do_import(store, simple("example.com/other")).record
+    store.hold("pod keeps other", [other.id])
+    removing, resume = threading.Event(), threading.Event()
+    real_remove_tree = store_module.remove_tree
+
+    def slow_remove_tree(path: Path) -> None:
+        if path.name.startswith(f"delete-{doomed.id.digest[:16]}-"):
+            removing.set()
+            assert resume.wait(30), "the test never let the removal go on"
+        real_remove_tree(path)
+
+    monkeypatch.setattr(store_module, "remove_tree", slow_remove_tree)
+    remover = threading.Thread(
+        target=store.delete if how == "delete" else store.gc,
+        args=(doomed.id,) if how == "delete" else (),
+    )
+    remover.start()
+    try:
+        assert removing.wait(30), "the removal never began"
+        answers: list[object] = []
+
+        def meanwhile() -> None:
+            answers.append([r.id for r in store.images()])
+            answers.append(store.lookup("example.com/other").id)
+            answers.append(do_import(store, simple("example.com/new")).record.name)
+            store.delete(store.lookup("example.com/new").id)
+            answers.append(do_import(store, simple("example.com/doomed")).created)
+
+        caller = threading.Thread(target=meanwhile)
+        caller.start()
+        caller.join(30)
+        assert not caller.is_alive(), "a call waited for the removal of a deleted image's files"
+        assert answers == [[other.id], other.id, "example.com/new", True]
+    finally:
+        resume.set()
+        remover.join()
+    assert {r.name for r in store.images()} == {"example.com/other", "example.com/doomed"}
+    assert list((store.root / "tmp").iterdir()) == []
+
+
 def test_gc_removes_what_nothing_holds_after_the_grace_period(store: ImageStore) -> None:
     held = do_import(store, simple(body="held")).record
     loose = do_import(store, simple(body="loose")).record
@@ -269,6 +376,101 @@ def test_setuid_files_are_refused_unless_allowed(store: ImageStore, tmp_path: Pa
     lenient.close()
 
 
+# --- extended attributes --------------------------------------------------------------------------
+
+CAP_NET_RAW, CAP_SETUID = 13, 7  # CAP_SETUID makes a byte >= 0x80: a binary PAX record
+
+
+TRUSTED = {
+    "trusted.overlay.opaque on a directory": (
+        [directory("etc", xattrs={"trusted.overlay.opaque": b"y"})], "rootfs/etc"),
+    "trusted.overlay.redirect on the rootfs": ([], "rootfs"),
+    "trusted.foo on a file": (
+        [directory("bin"), file("bin/sh", "x", xattrs={"trusted.foo": b"bar"})], "rootfs/bin/sh"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", TRUSTED)
+def test_trusted_xattrs_never_reach_the_store(store: ImageStore, case: str) -> None:
+    entries, entry = TRUSTED[case]
+    attribute = case.split()[0]
+    root = {attribute: b"/etc"} if entry == "rootfs" else None
+    kept = do_import(store, simple()).record
+    before = snapshot(store)
+    with pytest.raises(ImportFailed, match=f"'{entry}' has the extended attribute {attribute};"):
+        do_import(store, aci(image_manifest("example.com/overlay"), entries, rootfs_xattrs=root))
+    assert snapshot(store) == before
+    assert store.rootfs(kept.id).joinpath("bin/app").read_text() == "hello\n"
+
+
+def capable_image(value: bytes | None = None) -> bytes:
+    caps = {"security.capability": value or file_capabilities(CAP_NET_RAW, CAP_SETUID)}
+    return aci(
+        image_manifest("example.com/ping"),
+        [directory("bin"), file("bin/ping", "\x7fELF", 0o755, xattrs=caps),
+         hardlink("bin/ping6", "rootfs/bin/ping")],
+    )  # fmt: skip
+
+
+@needs_root
+def test_file_capabilities_are_kept(store: ImageStore) -> None:
+    record = do_import(store, capable_image()).record
+    ping = store.rootfs(record.id) / "bin/ping"
+    expected = file_capabilities(CAP_NET_RAW, CAP_SETUID)
+    assert os.getxattr(ping, "security.capability") == expected
+    assert stat.S_IMODE(ping.stat().st_mode) == 0o755 and ping.stat().st_uid == 0
+    assert (store.rootfs(record.id) / "bin/ping6").stat().st_ino == ping.stat().st_ino
+    assert record.warnings == ()
+
+
+def test_file_capabilities_are_refused_by_policy(tmp_path: Path) -> None:
+    strict = ImageStore(
+        tmp_path / "s", durable=False, policy=ExtractPolicy(file_capabilities=False)
+    )
+    with pytest.raises(
+        ImportFailed, match=r"'rootfs/bin/ping' has file capabilities \(security.capability\)"
+    ):
+        do_import(strict, capable_image())
+    assert snapshot(strict) == ([], [], [])
+    strict.close()
+
+
+def test_file_capabilities_that_cannot_be_set_fail_the_import(store: ImageStore) -> None:
+    # The kernel refuses a value that is no vfs_cap_data (and a non-root extractor any value).
+    with pytest.raises(
+        ImportFailed, match=r"'rootfs/bin/ping': its file capabilities .* cannot be set"
+    ):
+        do_import(store, capable_image(b"not a capability set"))
+    assert snapshot(store) == ([], [], [])
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        directory("bin", xattrs={"security.capability": file_capabilities(CAP_NET_RAW)}),
+        Entry("bin", b"2", linkname="x", xattrs={"security.capability": file_capabilities(1)}),
+    ],
+    ids=["directory", "symlink"],
+)
+def test_file_capabilities_on_anything_but_a_file_are_refused(
+    store: ImageStore, entry: Entry
+) -> None:
+    with pytest.raises(ImportFailed, match="'rootfs/bin' has file capabilities .* not a regular"):
+        do_import(store, aci(image_manifest("example.com/odd"), [entry]))
+    assert snapshot(store) == ([], [], [])
+
+
+def test_other_xattrs_are_kept_or_warned_about(store: ImageStore) -> None:
+    xattrs = {"user.comment": b"kept\xff", "system.nonsense": b"x"}
+    record = do_import(
+        store, aci(image_manifest("example.com/x"), [file("f", "x", xattrs=xattrs)])
+    ).record
+    stored = store.rootfs(record.id) / "f"
+    assert os.getxattr(stored, "user.comment") == b"kept\xff"
+    assert len(record.warnings) == 1
+    assert record.warnings[0].startswith("rootfs/f: extended attribute system.nonsense not kept")
+
+
 def test_a_setgid_directory_is_fine(store: ImageStore) -> None:
     record = do_import(
         store, aci(image_manifest("example.com/sg"), [directory("shared", 0o2775)])
@@ -335,11 +537,9 @@ def test_a_tar_bomb_over_the_quota_is_refused(tmp_path: Path) -> None:
 
 @needs_root
 def test_a_full_disk_gives_a_clean_error_and_an_intact_store(tmp_path: Path) -> None:
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)], check=True)
-    try:
-        s = ImageStore(mountpoint / "store", durable=False)
+    # Without the free-space floor, as when something else fills the disk under an import.
+    with small_tmpfs(tmp_path / "small", "2m") as mountpoint:
+        s = ImageStore(mountpoint / "store", durable=False, min_free_fraction=0)
         small = do_import(s, simple()).record
         big = aci(image_manifest("example.com/big"), [file("blob", os.urandom(4_000_000))], "gzip")
         with pytest.raises(ImportFailed, match="no space left on device"):
@@ -348,8 +548,74 @@ def test_a_full_disk_gives_a_clean_error_and_an_intact_store(tmp_path: Path) -> 
         assert s.rootfs(small.id).joinpath("bin/app").read_text() == "hello\n"
         assert do_import(s, simple(body="after")).created, "the store still works"
         s.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+BOMBS = {
+    "one huge file": lambda: [file("zero", b"\0" * (32 << 20))],
+    "many small files": lambda: [file(f"f{i}", b"x") for i in range(4000)],
+}
+
+
+@needs_root
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_a_gzip_bomb_is_refused_while_a_tenth_of_the_disk_is_free(
+    tmp_path: Path, bomb: str
+) -> None:
+    with small_tmpfs(tmp_path / "small", "8m") as mountpoint:
+        s = ImageStore(mountpoint / "store", durable=False)  # the default floor: 10 %
+        small = do_import(s, simple()).record
+        before, free_before = snapshot(s), free_bytes(mountpoint)
+        data = aci(image_manifest("example.com/bomb"), BOMBS[bomb](), "gzip")
+        assert len(data) < 200_000, "a bomb: it expands to more than the whole disk"
+        with pytest.raises(QuotaExceeded) as caught:
+            do_import(s, data)
+        found = re.search(r"(\d+) bytes free, the floor is (\d+) bytes", str(caught.value))
+        assert found, str(caught.value)
+        free, floor = int(found[1]), int(found[2])
+        info = os.statvfs(mountpoint)
+        assert floor == -(-info.f_blocks * info.f_frsize // 10)
+        assert free >= floor, "refused while a tenth of the disk was still free"
+        assert snapshot(s) == before and free_bytes(mountpoint) == free_before
+        assert do_import(s, simple(body="after")).created, "the store still works"
+        assert s.used_bytes == small.size + s.images()[-1].size
+        s.close()
+
+
+def test_the_free_space_floor_is_validated(tmp_path: Path) -> None:
+    for fraction in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="min_free_fraction must be in"):
+            ImageStore(tmp_path / "s", min_free_fraction=fraction)
+
+
+def test_free_space_is_not_measured_for_every_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "FREE_SPACE_TTL", 3600.0)  # no re-measuring by age
+    calls: list[str] = []
+    real_statvfs = os.statvfs
+
+    def counting_statvfs(path):  # type: ignore[no-untyped-def]
+        calls.append(str(path))
+        return real_statvfs(path)
+
+    monkeypatch.setattr(os, "statvfs", counting_statvfs)
+    s = ImageStore(tmp_path / "s", durable=False)
+    entries = [file(f"f{i}", b"x" * 5000) for i in range(500)] + [file("big", b"\0" * (3 << 20))]
+    do_import(s, aci(image_manifest("example.com/many"), entries, "gzip"))
+    assert calls == [str(s.root)], "one measurement while far from the floor"
+    s.close()
+
+
+def test_deleting_an_image_gives_its_quota_back(tmp_path: Path) -> None:
+    first = simple(body="a" * 30_000)
+    s = ImageStore(tmp_path / "s", durable=False, quota_bytes=50_000)
+    record = do_import(s, first).record
+    with pytest.raises(QuotaExceeded):
+        do_import(s, simple(body="b" * 30_000))
+    s.delete(record.id)
+    assert s.used_bytes == 0
+    assert do_import(s, simple(body="b" * 30_000)).created, "the freed bytes can be used again"
+    s.close()
 
 
 def test_an_import_killed_midway_leaves_nothing_visible(tmp_path: Path) -> None:

@@ -5,7 +5,10 @@ O_NOFOLLOW, so a symlink planted by an earlier entry can never be written throug
 "symlink-then-write" trick). Entries are created with O_EXCL and never replace anything.
 Hard links may only point at earlier entries of the same rootfs. Device nodes and setuid/setgid
 files are refused unless the policy allows them. What the spec says to keep is kept: modes,
-owners (when running as root), mtimes and extended attributes.
+owners (when running as root), mtimes and extended attributes, except ``trusted.*`` ones: the
+store's trees are overlayfs lower layers, where ``trusted.overlay.*`` changes what overlayfs
+shows (an opaque directory, a redirect, a whiteout), so an entry carrying any is refused. File
+capabilities (``security.capability``) are kept or refused by policy, never dropped.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20
 _XATTR_PREFIX = "SCHILY.xattr."
+_TRUSTED_PREFIX = "trusted."
+_CAPABILITY = "security.capability"
+# What a filesystem that cannot hold an extended attribute answers: today's warning, not an error.
+_XATTR_UNSUPPORTED = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP)
 # Charged against the quota for every entry besides its data: inodes are not free.
 ENTRY_OVERHEAD = 512
 
@@ -37,6 +44,8 @@ class UnsafeEntryError(AciError):
 class ExtractPolicy:
     allow_devices: bool = False
     allow_setuid: bool = False
+    # Keep security.capability; False refuses every image with file capabilities.
+    file_capabilities: bool = True
 
 
 DEFAULT_POLICY = ExtractPolicy()
@@ -100,7 +109,8 @@ class SafeExtractor:
         relative = _inside_rootfs(path)
         self._trim_cache()
         try:
-            self._charge(ENTRY_OVERHEAD + (member.size if member.isreg() else 0))
+            self._check_xattrs(relative, member)
+            self._charge(ENTRY_OVERHEAD)
             if relative == "":
                 self._remember_dir("", member)
             else:
@@ -218,11 +228,11 @@ class SafeExtractor:
         try:
             source = tar.extractfile(member)
             assert source is not None
-            _copy_to_fd(source, fd, member.size)
+            _copy_to_fd(source, fd, member.size, self._charge)  # writing clears capabilities
             self.result.bytes_written += member.size
-            self._apply_xattrs(fd, relative, _xattrs(member))
             if self._as_root:
-                os.fchown(fd, member.uid, member.gid)
+                os.fchown(fd, member.uid, member.gid)  # clears capabilities too: xattrs after
+            self._apply_xattrs(fd, relative, _xattrs(member))
             os.fchmod(fd, stat.S_IMODE(member.mode))
             os.utime(fd, ns=(_ns(member.mtime), _ns(member.mtime)))
         finally:
@@ -243,6 +253,22 @@ class SafeExtractor:
         os.link(
             target_name, name, src_dir_fd=target_parent, dst_dir_fd=parent, follow_symlinks=False
         )
+        xattrs = _xattrs(member)
+        if not xattrs:
+            return
+        if not stat.S_ISREG(target_stat.st_mode):
+            if _CAPABILITY in xattrs:
+                raise UnsafeEntryError(
+                    f"hard link {_entry(relative)} has file capabilities ({_CAPABILITY}) "
+                    "but does not point at a regular file"
+                )
+            return  # like symlinks and fifos, whose xattrs are not kept
+        # The link's own records (tar writers repeat the target's) go to the shared inode.
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            self._apply_xattrs(fd, relative, xattrs)
+        finally:
+            os.close(fd)
 
     def _make_device(self, parent: int, name: str, relative: str, member: tarfile.TarInfo) -> None:
         if not self._policy.allow_devices:
@@ -268,12 +294,40 @@ class SafeExtractor:
                 f"entry {_entry(relative)} is setuid or setgid; the store refuses that unless allowed"
             )
 
+    def _check_xattrs(self, relative: str, member: tarfile.TarInfo) -> None:
+        """Refuse, before anything of the entry is written, the attributes the store must not
+        hold: every ``trusted.*`` one, and file capabilities the policy refuses or that could
+        not mean anything (capabilities act only when a regular file is executed)."""
+        for key in _xattrs(member):
+            if key.startswith(_TRUSTED_PREFIX):
+                raise UnsafeEntryError(
+                    f"entry {_entry(relative)} has the extended attribute {key}; the store "
+                    "refuses trusted.* attributes (overlayfs obeys trusted.overlay.* in its layers)"
+                )
+            if key != _CAPABILITY:
+                continue
+            if not self._policy.file_capabilities:
+                raise UnsafeEntryError(
+                    f"entry {_entry(relative)} has file capabilities ({_CAPABILITY}); "
+                    "the store refuses them by policy"
+                )
+            if not (member.isreg() or member.islnk()):
+                raise UnsafeEntryError(
+                    f"entry {_entry(relative)} has file capabilities ({_CAPABILITY}) "
+                    "but is not a regular file"
+                )
+
     def _apply_xattrs(self, fd: int, relative: str, xattrs: dict[str, bytes]) -> None:
         for key, value in xattrs.items():
             try:
                 os.setxattr(fd, key, value)
             except OSError as err:
-                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                if key == _CAPABILITY:  # dropping it would change what the program may do
+                    raise UnsafeEntryError(
+                        f"entry {_entry(relative)}: its file capabilities ({_CAPABILITY}) "
+                        f"cannot be set: {err.strerror}"
+                    ) from None
+                if err.errno not in _XATTR_UNSUPPORTED:
                     raise
                 self.result.warnings.append(
                     f"{ROOTFS}/{relative}: extended attribute {key} not kept ({err.strerror})"
@@ -282,7 +336,7 @@ class SafeExtractor:
 
 def _entry(relative: str) -> str:
     """How an error names an entry: its path in the archive, quoted."""
-    return repr(f"{ROOTFS}/{relative}")
+    return repr(f"{ROOTFS}/{relative}" if relative else ROOTFS)
 
 
 def _inside_rootfs(path: str) -> str:
@@ -302,13 +356,15 @@ def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
     }
 
 
-def _copy_to_fd(source: object, fd: int, size: int) -> None:
+def _copy_to_fd(source: object, fd: int, size: int, charge: Callable[[int], None]) -> None:
+    """Copy ``size`` bytes, charging each chunk before it is written (a bomb stops early)."""
     read = source.read  # type: ignore[attr-defined]
     remaining = size
     while remaining:
         chunk = read(min(remaining, _COPY_CHUNK))
         if not chunk:
             raise AciError("the archive is truncated")
+        charge(len(chunk))
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view) :]

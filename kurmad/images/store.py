@@ -9,12 +9,20 @@ Layout under the store root::
 
 An import extracts into ``tmp/`` while it hashes, and only a complete, synced image is renamed
 into ``images/``: an import that fails or is killed leaves nothing visible. A deletion renames
-the image out of ``images/`` first, so readers never see half an image.
+the image (and the renders built on it) into ``tmp/`` under the store's lock, so readers never
+see half an image, and removes the files after releasing it: listing and lookups never wait
+for a big tree to be unlinked.
+
+Imports are charged as they write against two limits: an optional byte quota and a floor of free
+space on the store's filesystem (10 % by default), so an archive that expands enormously (a
+"gzip bomb") is refused before the disk is full.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
+import math
 import os
 import threading
 import time
@@ -41,6 +49,13 @@ ROOTFS = "rootfs"
 LATEST = "latest"
 # The shortest ID prefix accepted for a lookup, so a typo does not match by luck.
 MIN_PREFIX = 6
+# The share of the store's filesystem imports leave free unless told otherwise.
+MIN_FREE_FRACTION = 0.10
+# How long a measurement of free space is trusted while imports estimate their own use from it:
+# long enough to spare a statvfs per entry, short enough to notice other writers (pod logs).
+FREE_SPACE_TTL = 1.0
+
+log = logging.getLogger("kurmad.images")
 
 
 class StoreError(Exception):
@@ -121,11 +136,48 @@ class ImportResult:
     created: bool  # False when the image was already in the store
 
 
+class _FreeSpaceFloor:
+    """Keeps a fraction of a filesystem free. Measures it with statvfs now and then and, in
+    between, subtracts what was charged since (in whole blocks, so the estimate never exceeds
+    the truth); it measures again before refusing, and when the measurement is old."""
+
+    def __init__(self, path: Path, fraction: float) -> None:
+        self.path = path
+        self.fraction = fraction
+        self.free = 0  # bytes available to writers, as last measured minus charges since
+        self.floor = 0
+        self._block = 4096
+        self._measured_at = -math.inf
+
+    def charge(self, amount: int) -> None:
+        """Called under the quota's lock."""
+        cost = -(-amount // self._block) * self._block
+        stale = time.monotonic() - self._measured_at > FREE_SPACE_TTL
+        if stale or self.free - cost < self.floor:
+            self._measure()
+        if self.free - cost < self.floor:
+            raise QuotaExceeded(
+                f"importing would leave less than {self.fraction * 100:g} % of the filesystem of "
+                f"{self.path} free: {self.free} bytes free, the floor is {self.floor} bytes"
+            )
+        self.free -= cost
+
+    def _measure(self) -> None:
+        # f_bavail, not f_bfree: the space left after the filesystem's reserve for root.
+        info = os.statvfs(self.path)
+        self._block = info.f_frsize or 4096
+        self.free = info.f_bavail * info.f_frsize
+        self.floor = math.ceil(info.f_blocks * info.f_frsize * self.fraction)
+        self._measured_at = time.monotonic()
+
+
 @dataclass
 class _Quota:
-    """Bytes committed plus bytes being written by imports in flight, against a limit."""
+    """Bytes committed plus bytes being written by imports in flight, against a limit, and
+    the free space of the store's filesystem against its floor."""
 
     limit: int | None
+    floor: _FreeSpaceFloor | None = None
     used: int = 0
     in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -137,6 +189,8 @@ class _Quota:
                     f"the image store quota of {self.limit} bytes would be exceeded "
                     f"({self.used} used, {self.in_flight} being imported)"
                 )
+            if self.floor is not None:
+                self.floor.charge(amount)
             self.in_flight += amount
 
     def settle(self, amount: int, committed: bool) -> None:
@@ -144,6 +198,11 @@ class _Quota:
             self.in_flight -= amount
             if committed:
                 self.used += amount
+
+    def release(self, amount: int) -> None:
+        """Give back the bytes of a deleted image."""
+        with self.lock:
+            self.used -= amount
 
 
 class _Charge:
@@ -175,9 +234,15 @@ class ImageStore:
         root: Path,
         *,
         quota_bytes: int | None = None,
+        min_free_fraction: float = MIN_FREE_FRACTION,
         policy: ExtractPolicy = DEFAULT_POLICY,
         durable: bool = True,
     ) -> None:
+        """``quota_bytes`` limits what the images may take (None: no limit);
+        ``min_free_fraction`` is the share of the store's filesystem imports leave free
+        (0 turns the floor off)."""
+        if not 0 <= min_free_fraction < 1:
+            raise ValueError(f"min_free_fraction must be in [0, 1), not {min_free_fraction}")
         self.root = root
         self.policy = policy
         # durable: sync the filesystem before an image becomes visible, so a power cut never
@@ -190,7 +255,8 @@ class ImageStore:
         self._holds: dict[str, set[ImageID]] = {}
         self._sweep_tmp()
         self._index = self._load_index()
-        self._quota = _Quota(quota_bytes, used=sum(r.size for r in self._index.values()))
+        floor = _FreeSpaceFloor(root, min_free_fraction) if min_free_fraction else None
+        self._quota = _Quota(quota_bytes, floor, used=sum(r.size for r in self._index.values()))
 
     def close(self) -> None:
         self._lock_file.close()
@@ -365,49 +431,77 @@ class ImageStore:
 
     # -- removal ------------------------------------------------------------------------------
 
+    # Under the lock an image (or render) only disappears: a rename into tmp/. Its files are
+    # removed after the lock is released, by the caller's thread, so a 200k-file image never
+    # stalls a listing. A crash in between leaves them in tmp/, which the next start sweeps.
+
     def delete(self, image_id: str) -> ImageRecord:
         with self._lock:
             record = self.get(image_id)
             users = self.holders(record.id)
             if users:
                 raise ImageInUse(f"image {record.id} ({record.name}) is used by {', '.join(users)}")
-            self._unlink(record)
+            doomed = self._unlink(record)
+        self._remove(doomed)
         return record
 
     def gc(self, grace_seconds: float = 0.0) -> list[ImageRecord]:
         """Delete every image no pod holds that was imported more than ``grace_seconds`` ago."""
         cutoff = time.time() - grace_seconds
         removed = []
+        doomed: list[Path] = []
         with self._lock:
             for record in list(self._index.values()):
                 if record.imported_at <= cutoff and not self.holders(record.id):
-                    self._unlink(record)
+                    doomed += self._unlink(record)
                     removed.append(record)
-            self._drop_renders(lambda layers: all(i in self._index for i in layers))
+            doomed += self._drop_renders(lambda layers: all(i in self._index for i in layers))
+        self._remove(doomed)
         return removed
 
-    def _unlink(self, record: ImageRecord) -> None:
-        """Make the image disappear atomically, then free its space."""
-        doomed = self.root / TMP / f"delete-{record.id.digest[:16]}-{uuid.uuid4().hex[:8]}"
+    def _unlink(self, record: ImageRecord) -> list[Path]:
+        """Make the image and its renders disappear atomically and give back its quota; the
+        trees to remove once the lock is released."""
+        doomed = self._doomed_path("delete", record.id.digest[:16])
         os.rename(self._image_dir(record.id), doomed)
         del self._index[record.id]
-        self._quota.settle(-record.size, committed=True)
-        self._on_delete(record.id)
-        remove_tree(doomed)
+        self._quota.release(record.size)
+        return [doomed, *self._on_delete(record.id)]
 
-    def _on_delete(self, image_id: ImageID) -> None:
-        self._drop_renders(lambda layers: image_id not in layers)
+    def _on_delete(self, image_id: ImageID) -> list[Path]:
+        return self._drop_renders(lambda layers: image_id not in layers)
 
-    def _drop_renders(self, keep: Callable[[list[str]], bool]) -> None:
-        """Remove the cached renders (render.py builds them under renders/, each with the list
-        of its layers) that ``keep`` rejects, and unreadable ones: they rebuild on demand."""
+    def _drop_renders(self, keep: Callable[[list[str]], bool]) -> list[Path]:
+        """Move out of renders/ the cached renders (render.py builds them there, each with the
+        list of its layers) that ``keep`` rejects, and unreadable ones: they rebuild on demand.
+        Returns where they went, to be removed."""
+        doomed = []
         for entry in (self.root / RENDERS).iterdir():
             try:
                 layers = read_json(entry / RENDER_INFO)["layers"]
             except (OSError, ValueError, KeyError):
                 layers = None
             if layers is None or not keep(layers):
-                remove_tree(entry)
+                target = self._doomed_path("unrender", entry.name[:16])
+                try:
+                    os.rename(entry, target)
+                except FileNotFoundError:
+                    continue  # a render build replacing its crashed predecessor took it
+                doomed.append(target)
+        return doomed
+
+    def _doomed_path(self, kind: str, name: str) -> Path:
+        return self.root / TMP / f"{kind}-{name}-{uuid.uuid4().hex[:8]}"
+
+    @staticmethod
+    def _remove(doomed: Iterable[Path]) -> None:
+        """Remove trees already out of sight. A failure is only logged: the image is gone
+        either way, and the start-up sweep of tmp/ tries again."""
+        for path in doomed:
+            try:
+                remove_tree(path)
+            except OSError as err:
+                log.warning("cannot remove %s (left for the next start): %s", path, err)
 
     @property
     def used_bytes(self) -> int:
