@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kurmad.appc import PodManifest
+from kurmad.appc import DEFAULT_CAPABILITIES, PodManifest
 from kurmad.images.store import ImageStore
 from kurmad.linux.cgroups import CgroupDriver
 from kurmad.pods.manager import PodManager
@@ -617,8 +617,16 @@ def test_seccomp_retain_set_blocks_everything_else(env) -> None:
 
 def test_the_default_filter_blocks_what_containers_should_not_do(env) -> None:
     manager, _, image = env
-    _, out = one(manager, image.id, "grep Seccomp: /proc/self/status")
+    script = ("grep Seccomp: /proc/self/status; unshare -U true; echo userns=$?; "
+              "unshare -m true; echo mountns=$?; sh -c 'exit 3'; echo fork=$?")  # fmt: skip
+    pod, out = one(manager, image.id, script)
     assert status_field(out, "Seccomp") == "2", "a filter is on by default"
+    assert "userns=1" in out and "mountns=1" in out and "fork=3" in out
+    assert "Operation not permitted" in output(manager, pod, stream="stderr")
+    admin = isolator("os/linux/capabilities-retain-set",
+                     {"set": [*DEFAULT_CAPABILITIES, "CAP_SYS_ADMIN"]})  # fmt: skip
+    _, out = one(manager, image.id, script, app={"isolators": [admin]})
+    assert "userns=0" in out and "mountns=0" in out, "CAP_SYS_ADMIN lifts the namespace rules"
 
 
 def test_memory_limit_kills_an_app_that_exceeds_it(env) -> None:

@@ -1,6 +1,6 @@
-"""cgroupfs, v1 and v2 alike: a pod's and its apps' control groups, their limits and their
-processes. Hybrid hosts (v1 controllers plus a cgroup2 mount) are common: each controller is
-used wherever this host has it."""
+"""cgroupfs, v1 and v2 alike: a pod's and its apps' control groups, their limits, the devices
+they may use, and their processes. Hybrid hosts (v1 controllers plus a cgroup2 mount) are
+common: each controller is used wherever this host has it."""
 
 from __future__ import annotations
 
@@ -13,14 +13,103 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CONTROLLERS = ("memory", "cpu", "pids", "io")
+from . import bpf
+
+CONTROLLERS = ("memory", "cpu", "pids", "io", "devices")
 # v1 names the block I/O controller blkio
 _V1_NAMES = {"io": "blkio"}
+# cgroup2 has no devices controller: a BPF program on the cgroup's directory does its work, so
+# any cgroup2 hierarchy has it and nothing is enabled in cgroup.subtree_control for it
+_V2_PROGRAMS = frozenset({"devices"})
 CPU_PERIOD_US = 100_000
+_MAX_MAJOR = 2**12 - 1  # a dev_t has 12 bits of major and 20 of minor
+_MAX_MINOR = 2**20 - 1
 
 
 class CgroupError(OSError):
     pass
+
+
+@dataclass(frozen=True)
+class DeviceRule:
+    """One entry of a device allow-list, as cgroup v1's devices.allow takes it: ``kind`` c
+    (character), b (block) or a (every device, with any access); ``major`` and ``minor``,
+    None for any; ``access``, some of r (read), w (write) and m (mknod)."""
+
+    kind: str
+    major: int | None
+    minor: int | None
+    access: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("c", "b", "a"):
+            raise ValueError(f"device kind {self.kind!r}: not c, b or a")
+        if self.kind == "a" and (self.major, self.minor, self.access) != (None, None, "rwm"):
+            raise ValueError("device kind 'a' means every device with any access: *:* rwm")
+        _check_device_number("major", self.major, _MAX_MAJOR)
+        _check_device_number("minor", self.minor, _MAX_MINOR)
+        if not _is_access(self.access):
+            raise ValueError(f"device access {self.access!r}: not some of r, w and m, each once")
+
+    @classmethod
+    def from_text(cls, text: str) -> DeviceRule:
+        """``c 1:3 rwm``, ``c 136:* rw``, ``a`` (as devices.list and devices.allow write them)."""
+        parts = text.split()
+        if parts in (["a"], ["a", "*:*", "rwm"]):
+            return cls("a", None, None, "rwm")
+        if len(parts) != 3:
+            raise ValueError(f"device rule {text!r}: not KIND MAJOR:MINOR ACCESS")
+        kind, numbers, access = parts
+        major, colon, minor = numbers.partition(":")
+        if not colon:
+            raise ValueError(f"device rule {text!r}: {numbers!r} is not MAJOR:MINOR")
+        try:
+            return cls(kind, _device_number(major), _device_number(minor), access)
+        except ValueError as err:
+            raise ValueError(f"device rule {text!r}: {err}") from None
+
+    def to_text(self) -> str:
+        if self.kind == "a":
+            return "a *:* rwm"
+        major = "*" if self.major is None else str(self.major)
+        minor = "*" if self.minor is None else str(self.minor)
+        access = "".join(a for a in "rwm" if a in self.access)  # as devices.list shows it
+        return f"{self.kind} {major}:{minor} {access}"
+
+
+def _is_access(access: object) -> bool:
+    return (
+        isinstance(access, str)
+        and bool(access)
+        and set(access) <= set("rwm")
+        and len(set(access)) == len(access)
+    )
+
+
+def _check_device_number(what: str, number: object, highest: int) -> None:
+    if number is None:
+        return
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= highest:
+        raise ValueError(f"device {what} {number!r}: not a number from 0 to {highest}")
+
+
+def _device_number(text: str) -> int | None:
+    if text == "*":
+        return None
+    if not text.isdigit() or not text.isascii():
+        raise ValueError(f"device number {text!r}: not a number or *")
+    return int(text)
+
+
+# What runc lets every container have: the null, zero, full, random and urandom devices, tty,
+# console, ptmx and the pseudo-terminals.
+DEFAULT_DEVICES: tuple[DeviceRule, ...] = tuple(
+    DeviceRule.from_text(text)
+    for text in (
+        "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
+        "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm",
+    )
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -169,6 +258,25 @@ class Cgroup:
                 _write(directory / "io.max", f"{device} {' '.join(p for p in parts if p)}")
         return True
 
+    def set_devices(self, rules: Iterable[DeviceRule]) -> bool:
+        """Deny every device, then allow exactly ``rules``: the devices controller on v1, a
+        device program on the cgroup2 directory otherwise. On v1 a child cannot allow what
+        its parent denies, and starts with its parent's list."""
+        directory = self._dir("devices")
+        if directory is None:
+            return False
+        rules = tuple(rules)
+        if self.version["devices"] == 1:
+            _set_v1_devices(directory, rules)
+        else:
+            try:
+                bpf.attach_device_program(directory, rules)
+            except OSError as err:
+                raise CgroupError(
+                    err.errno, f"cannot set the devices of {directory}: {err.strerror}"
+                ) from None
+        return True
+
     # -- processes ---------------------------------------------------------------------------
 
     def attach(self, pid: int) -> None:
@@ -226,6 +334,36 @@ class Cgroup:
                 time.sleep(0.01)
 
 
+def _set_v1_devices(directory: Path, rules: tuple[DeviceRule, ...]) -> None:
+    deny = directory / "devices.deny"
+    wanted = [rule.to_text() for rule in rules]
+    try:
+        _write(deny, "a")
+    except CgroupError as err:
+        if err.errno != errno.EINVAL:
+            raise
+        # a cgroup with children may not switch to deny-all; one that denies already can drop
+        # the entries it no longer wants one by one (its children lose them too)
+        current = _read(directory / "devices.list").splitlines()
+        if "a *:* rwm" in current:
+            raise CgroupError(
+                errno.EBUSY,
+                f"cannot deny every device in {directory}: set its devices before its children",
+            ) from None
+        for line in current:
+            if line not in wanted:
+                _write(deny, line)
+    for text in wanted:
+        try:
+            _write(directory / "devices.allow", text)
+        except CgroupError as err:
+            if err.errno != errno.EPERM:
+                raise
+            raise CgroupError(
+                err.errno, f"cannot allow {text} in {directory}: its parent denies it"
+            ) from None
+
+
 def shares_to_weight(shares: int) -> int:
     """cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000), as runc converts them."""
     return 1 + ((max(2, min(shares, 262144)) - 2) * 9999) // 262142
@@ -265,7 +403,7 @@ class CgroupDriver:
             if h.version == 1 and v1_name in h.controllers:
                 return h
         for h in self.hierarchies:
-            if h.version == 2 and controller in h.controllers:
+            if h.version == 2 and (controller in h.controllers or controller in _V2_PROGRAMS):
                 return h
         return None
 
@@ -286,7 +424,7 @@ class CgroupDriver:
         controllers kurmad uses on every level from the mount down."""
         for controller, (mount, base, version) in self._roots.items():
             target = base / relative
-            if version == 2:
+            if version == 2 and controller not in _V2_PROGRAMS:
                 self._enable_down_to(mount, target, controller)
             target.mkdir(parents=True, exist_ok=True)
         return self.cgroup(relative)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -286,3 +287,110 @@ def set_mount_flags(target: str | os.PathLike[str], attributes: int) -> None:
              MOUNT_ATTR_NODEV: MS_NODEV, MOUNT_ATTR_NOEXEC: MS_NOEXEC}  # fmt: skip
     remount = sum(flag for attribute, flag in flags.items() if attributes & attribute)
     mount(None, target, None, MS_BIND | MS_REMOUNT | remount)
+
+
+def raw_syscall(number: int, *args: int) -> int:
+    """A system call by number with integer arguments; raises OSError on failure. For calls
+    libc has no wrapper for (or would emulate), such as clone3 or io_uring_setup."""
+    result = int(_libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args)))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"system call {number}: {os.strerror(err)}")
+    return result
+
+
+# bpf(2): <linux/bpf.h>
+_SYS_BPF = 321
+_BPF_PROG_LOAD = 5
+_BPF_PROG_ATTACH = 8
+_BPF_PROG_DETACH = 9
+_BPF_PROG_GET_FD_BY_ID = 13
+_BPF_PROG_QUERY = 16
+_BPF_LOG_SIZE = 65536
+
+
+def _bpf_attr(fields: bytes) -> ctypes.Array[ctypes.c_char]:
+    """A union bpf_attr of exactly these bytes (the kernel zeroes the rest of the union)."""
+    return ctypes.create_string_buffer(fields, len(fields))
+
+
+def _bpf(command: int, attr: ctypes.Array[ctypes.c_char], what: str) -> int:
+    result = int(_libc.syscall(_SYS_BPF, command, attr, ctypes.c_uint(len(attr))))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def bpf_prog_load(
+    prog_type: int, instructions: bytes, license: str, attach_type: int, name: str
+) -> int:
+    """Load an eBPF program (8-byte instructions); returns its fd. A program the verifier
+    refuses raises OSError whose message ends with the verifier's log."""
+    try:
+        return _bpf_prog_load(prog_type, instructions, license, attach_type, name, None)
+    except OSError as err:
+        # loaded again only to hear why: a log asked for on every load fails a long program
+        # that is fine, once the log outgrows its buffer
+        log = ctypes.create_string_buffer(_BPF_LOG_SIZE)
+        with contextlib.suppress(OSError):
+            os.close(_bpf_prog_load(prog_type, instructions, license, attach_type, name, log))
+        verifier = log.value.decode(errors="replace").strip()
+        message = f"{err.strerror}: {verifier}" if verifier else err.strerror
+        raise OSError(err.errno, message) from None
+
+
+def _bpf_prog_load(
+    prog_type: int,
+    instructions: bytes,
+    license: str,
+    attach_type: int,
+    name: str,
+    log: ctypes.Array[ctypes.c_char] | None,
+) -> int:
+    code = ctypes.create_string_buffer(instructions, len(instructions))
+    license_buffer = ctypes.create_string_buffer(license.encode())
+    attr = _bpf_attr(
+        struct.pack(
+            "=IIQQIIQII16sII",
+            prog_type,
+            len(instructions) // 8,
+            ctypes.addressof(code),
+            ctypes.addressof(license_buffer),
+            0 if log is None else 1,  # log_level
+            0 if log is None else len(log),
+            0 if log is None else ctypes.addressof(log),
+            0,  # kern_version
+            0,  # prog_flags
+            name.encode()[:15],
+            0,  # prog_ifindex
+            attach_type,
+        )
+    )
+    return _bpf(_BPF_PROG_LOAD, attr, "bpf program load")
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int) -> None:
+    attr = _bpf_attr(struct.pack("=IIIII", target_fd, prog_fd, attach_type, flags, 0))
+    _bpf(_BPF_PROG_ATTACH, attr, "bpf program attach")
+
+
+def bpf_prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> None:
+    attr = _bpf_attr(struct.pack("=IIIII", target_fd, prog_fd, attach_type, 0, 0))
+    _bpf(_BPF_PROG_DETACH, attr, "bpf program detach")
+
+
+def bpf_prog_query(target_fd: int, attach_type: int, capacity: int = 64) -> list[int]:
+    """The IDs of the programs of ``attach_type`` attached to ``target_fd`` itself."""
+    ids = (ctypes.c_uint32 * capacity)()
+    attr = _bpf_attr(
+        struct.pack("=IIIIQI4x", target_fd, attach_type, 0, 0, ctypes.addressof(ids), capacity)
+    )
+    _bpf(_BPF_PROG_QUERY, attr, "bpf program query")
+    count = struct.unpack_from("=I", attr.raw, 24)[0]
+    return list(ids[: min(count, capacity)])
+
+
+def bpf_prog_get_fd_by_id(prog_id: int) -> int:
+    attr = _bpf_attr(struct.pack("=III", prog_id, 0, 0))
+    return _bpf(_BPF_PROG_GET_FD_BY_ID, attr, f"bpf program {prog_id}")

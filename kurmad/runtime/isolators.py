@@ -256,21 +256,32 @@ def _seccomp(isolators: Sequence[Isolator], caps: set[str], report: Report) -> S
     except seccomp.SeccompError as err:
         raise IsolatorError(f"{chosen.NAME}: {err}") from None
     report.enforced.append(chosen.NAME)
+    arguments = sorted(seccomp.argument_rules(caps))
     if retain is not None:
-        return SeccompSpec(list(retain.set), retain=True, errno=retain.errno)
+        return SeccompSpec(list(retain.set), retain=True, errno=retain.errno, arguments=arguments)
     assert remove is not None
-    return SeccompSpec(sorted(set(remove.set) | set(default)), retain=False, errno=remove.errno)
+    syscalls = sorted(set(remove.set) | set(default))
+    return SeccompSpec(syscalls, retain=False, errno=remove.errno, arguments=arguments)
 
 
 def default_seccomp(capabilities: Iterable[str]) -> SeccompSpec | None:
-    """The filter of an app that asks for none: the default blocked calls, errno EPERM."""
+    """The filter of an app that asks for none: the default blocked calls, errno EPERM, and
+    the argument rules its capabilities do not lift."""
     if not seccomp.supported():
         return None
-    return SeccompSpec(sorted(seccomp.default_blocked(capabilities)), retain=False, errno="EPERM")
+    caps = set(capabilities)
+    return SeccompSpec(
+        sorted(seccomp.default_blocked(caps)),
+        retain=False,
+        errno="EPERM",
+        arguments=sorted(seccomp.argument_rules(caps)),
+    )
 
 
 def filter_of(spec: SeccompSpec) -> seccomp.Filter:
-    return seccomp.Filter(frozenset(spec.syscalls), spec.retain, spec.errno)
+    return seccomp.Filter(
+        frozenset(spec.syscalls), spec.retain, spec.errno, frozenset(spec.arguments)
+    )
 
 
 def _apparmor(isolators: Sequence[Isolator], pod: Sequence[Isolator], report: Report) -> str | None:

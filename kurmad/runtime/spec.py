@@ -46,6 +46,7 @@ class SeccompSpec:
     syscalls: list[str]
     retain: bool
     errno: str = ""
+    arguments: list[str] = field(default_factory=list)  # seccomp.ARGUMENT_RULES that apply
 
 
 @dataclass(frozen=True)
