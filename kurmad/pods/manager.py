@@ -25,7 +25,7 @@ from typing import Any
 from kurmad.appc import ACName, PodManifest, ValidationError
 from kurmad.appc.volumes import KIND_EMPTY
 from kurmad.images.store import ImageNotFound, ImageStore
-from kurmad.linux.cgroups import Cgroup, CgroupDriver, CgroupError
+from kurmad.linux.cgroups import DEFAULT_DEVICES, Cgroup, CgroupDriver, CgroupError, DeviceRule
 from kurmad.linux.files import read_json, remove_tree, write_json_atomic
 from kurmad.linux.proc import child_with_namespace_pid, start_time
 from kurmad.net import netns
@@ -473,14 +473,18 @@ class PodManager:
         _apply_limits(pod, limits)
         if self._pids_limit is not None:
             pod.set_pids_limit(self._pids_limit)
-        procs = {"init": self._leaf(pod, "init", Limits())}
+        # The pod's list holds every app's devices, and is set before its leaves exist (a v1
+        # child starts from its parent's list); each leaf then narrows it to its own.
+        pod.set_devices([*DEFAULT_DEVICES, *(r for app in apps for r in _device_rules(app))])
+        procs = {"init": self._leaf(pod, "init", Limits(), [])}
         for app in apps:
-            procs[app.name] = self._leaf(pod, app.name, app.limits)
+            procs[app.name] = self._leaf(pod, app.name, app.limits, _device_rules(app))
         return procs
 
-    def _leaf(self, pod: Cgroup, name: str, limits: Limits) -> list[str]:
+    def _leaf(self, pod: Cgroup, name: str, limits: Limits, devices: list[DeviceRule]) -> list[str]:
         leaf = self._cgroups.create(f"{pod.relative}/{name}")
         _apply_limits(leaf, limits)
+        leaf.set_devices([*DEFAULT_DEVICES, *devices])
         return [str(d / "cgroup.procs") for d in leaf.all_dirs]
 
     @staticmethod
@@ -778,6 +782,10 @@ def _hosts(record: _Record) -> str:
     return (
         text.replace(f"127.0.1.1\t{record.name}", f"{address}\t{record.name}") if address else text
     )
+
+
+def _device_rules(app: AppSpec) -> list[DeviceRule]:
+    return [DeviceRule(d.kind, d.major, d.minor, d.access) for d in app.devices]
 
 
 def _apply_limits(group: Cgroup, limits: Limits) -> None:
