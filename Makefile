@@ -10,7 +10,7 @@ APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzi
 # The peers the benchmarks measure against: installed by make bench, not by CI.
 BENCH_PACKAGES := crun runc podman
 
-.PHONY: deps setup lint test clean bench bench-deps bench-import bench-executor bench-api bench-boot bench-vm bench-net proto initramfs vm
+.PHONY: deps setup lint test chaos clean bench bench-deps bench-import bench-executor bench-api bench-boot bench-vm bench-net proto initramfs vm
 
 deps:
 	apt-get update -q
@@ -45,6 +45,12 @@ build/initramfs.cpio.zst: $(VENV)/.installed $(INITRAMFS_SOURCES)
 VM_PORT ?= 7777
 vm: initramfs
 	$(PY) -m initrd.vm --build build --port $(VM_PORT)
+
+# SIGKILL kurmad serve at random moments under mixed load, then check store, pods and what they
+# hold on the host after each restart (tests/chaos.py; root). CHAOS_SEED=N repeats a run.
+CHAOS_ROUNDS ?= 30
+chaos: setup
+	$(PY) -m tests.chaos --rounds $(CHAOS_ROUNDS) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache
