@@ -5,19 +5,20 @@
         pod = kurma.run("example.com/busybox", exec=["/bin/echo", "hi"])
         print(kurma.wait(pod.uuid).apps[0].exit_code)
 
-Every call raises KurmaError (with the gRPC status code name) on failure.
+Every call raises KurmaError (with the gRPC status code name) on failure. Listings follow the
+daemon's pages; streams (logs, events, exec, attach) are Stream objects that ``cancel()`` ends.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import grpc
 
-from kurmad.api import SERVER_NAME
+from kurmad.api import ADMITTED, SERVER_NAME
 from kurmad.api.v1 import kurma_pb2 as pb
 from kurmad.api.v1 import kurma_pb2_grpc as rpc
 
@@ -42,6 +43,42 @@ def _translate(err: grpc.RpcError, target: str) -> KurmaError:
     if code == grpc.StatusCode.UNAVAILABLE:
         return KurmaError("UNAVAILABLE", f"cannot reach kurmad at {target}: {details}")
     return KurmaError(code.name if code else "UNKNOWN", details)
+
+
+class Stream(Generic[T]):
+    """The responses of a streaming call, as an iterator. ``cancel()`` (from any thread, or
+    leaving a ``with`` block) ends it on both sides at once; the iteration then just stops."""
+
+    def __init__(self, call: Any, target: str) -> None:
+        self._call = call
+        self._target = target
+        self._cancelled = False
+
+    def __iter__(self) -> Stream[T]:
+        return self
+
+    def __next__(self) -> T:
+        try:
+            return next(self._call)
+        except grpc.RpcError as err:
+            if self._cancelled:
+                raise StopIteration from None
+            raise _translate(err, self._target) from None
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+    def admitted(self) -> bool:
+        """Wait until the daemon has taken the call on (True) or refused or ended it (False);
+        a follower knows from this that it is following before anything arrives."""
+        return ADMITTED in (self._call.initial_metadata() or ())
+
+    def __enter__(self) -> Stream[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
 
 
 class Client:
@@ -74,11 +111,18 @@ class Client:
         except grpc.RpcError as err:
             raise _translate(err, self.target) from None
 
-    def _stream(self, responses: Iterable[T]) -> Iterator[T]:
-        try:
-            yield from responses
-        except grpc.RpcError as err:
-            raise _translate(err, self.target) from None
+    def _stream(self, call: Any) -> Stream[Any]:
+        return Stream(call, self.target)
+
+    def _all_pages(self, method: Callable[..., Any], request: Any, field: str) -> list[Any]:
+        """Every item of a paged listing, asking for page after page."""
+        items: list[Any] = []
+        while True:
+            response = self._call(method, request)
+            items.extend(getattr(response, field))
+            if not response.next_page_token:
+                return items
+            request.page_token = response.next_page_token
 
     # -- pods -----------------------------------------------------------------------------------
 
@@ -110,7 +154,8 @@ class Client:
         return self._call(self._pods.Get, pb.PodRef(ref=ref))
 
     def pods(self) -> list[pb.Pod]:
-        return list(self._call(self._pods.List, pb.ListPodsRequest()).pods)
+        """Every pod, oldest first (the daemon sends them in pages)."""
+        return self._all_pages(self._pods.List, pb.ListPodsRequest(), "pods")
 
     def stop(self, ref: str, grace: float | None = None) -> pb.Pod:
         request = pb.StopPodRequest(ref=ref)
@@ -129,14 +174,14 @@ class Client:
             self._pods.Wait, request, timeout=None if timeout is None else timeout + 10
         )
 
-    def logs(self, ref: str, app: str = "", follow: bool = False) -> Iterator[pb.LogEntry]:
+    def logs(self, ref: str, app: str = "", follow: bool = False) -> Stream[pb.LogEntry]:
         return self._stream(self._pods.Logs(pb.LogsRequest(ref=ref, app=app, follow=follow)))
 
-    def exec(self, requests: Iterator[pb.ExecRequest]) -> Iterator[pb.ExecResponse]:
+    def exec(self, requests: Iterator[pb.ExecRequest]) -> Stream[pb.ExecResponse]:
         """Bidirectional: the first request is an ExecStart."""
         return self._stream(self._pods.Exec(requests))
 
-    def attach(self, requests: Iterator[pb.AttachRequest]) -> Iterator[pb.ExecResponse]:
+    def attach(self, requests: Iterator[pb.AttachRequest]) -> Stream[pb.ExecResponse]:
         return self._stream(self._pods.Attach(requests))
 
     # -- images ---------------------------------------------------------------------------------
@@ -158,7 +203,8 @@ class Client:
             raise _translate(err, self.target) from None
 
     def images(self) -> list[pb.Image]:
-        return list(self._call(self._images.List, pb.ListImagesRequest()).images)
+        """Every image, by name (the daemon sends them in pages)."""
+        return self._all_pages(self._images.List, pb.ListImagesRequest(), "images")
 
     def image(self, ref: str) -> pb.Image:
         return self._call(self._images.Get, pb.ImageRef(ref=ref))
@@ -174,7 +220,7 @@ class Client:
     def info(self) -> pb.HostInfo:
         return self._call(self._host.Info, pb.HostInfoRequest())
 
-    def events(self) -> Iterator[pb.Event]:
+    def events(self) -> Stream[pb.Event]:
         return self._stream(self._host.Events(pb.EventsRequest()))
 
     def reboot(self) -> None:

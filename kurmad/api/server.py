@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import threading
+from collections import deque
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +27,34 @@ from kurmad.pods.manager import PodManager
 from kurmad.pods.privileges import HostPolicy
 from kurmad.runtime.spec import DEFAULT_PIDS_LIMIT
 
-from . import auth
+from . import auth, limits
 from .services import HostService, ImagesService, PodsService
 from .v1 import kurma_pb2 as pb
 from .v1 import kurma_pb2_grpc as rpc
 
 log = logging.getLogger("kurmad")
 SOCKET_NAME = "kurmad.sock"
-# Streams (logs -f, events, exec) each hold a worker thread for as long as they run.
-WORKERS = 64
-_MESSAGE_LIMIT = 64 * 2**20
+
+# Every call holds one worker thread of the pool for as long as it runs, and a call that finds
+# every worker busy waits. Long calls (streams, Wait, Stop: limits.py) are admitted only up to
+# REMOTE_TOTAL (96) from TCP clients together plus the local socket's own 32, so at most 128
+# workers are ever held by them; a pool of those 128 plus UNARY_RESERVE always has 32 workers
+# for the unary calls, and for refusing long calls past their bounds (an instant each).
+UNARY_RESERVE = 32
+WORKERS = limits.REMOTE_TOTAL + limits.LOCAL_CALLS + UNARY_RESERVE
+# A worker that has had nothing to do for this long ends: a burst of streams leaves no idle
+# threads behind (concurrent.futures' pool keeps every thread it ever made).
+WORKER_IDLE_SECONDS = 5.0
+# The largest request that passes limits.py is a Create at 1 MiB (manifest or run spec) or an
+# Import chunk (kurmactl sends 1 MiB); 4 MiB leaves room for other clients' chunks, and lets a
+# request somewhat over the bounds hear the field it breaks (grpcio refuses a larger one with
+# RESOURCE_EXHAUSTED before it reaches kurmad). Replies can be large: a page of a listing is
+# limits.PAGE_BYTES at most, plus one item.
+_RECEIVE_LIMIT = 4 * 2**20
+_SEND_LIMIT = 64 * 2**20
+# A client that vanished without closing its connection (a host switched off, a cut cable)
+# is found out by pings and its calls cancelled, as if it had gone away properly.
+_KEEPALIVE = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
 # How long a stop may take beyond its grace before the daemon leaves regardless.
 STOP_MARGIN = 10.0
 
@@ -87,12 +107,19 @@ class Daemon:
             config.state_dir, self.store, cgroup_parent=config.cgroup_parent, events=self.events,
             networks=networks, host_policy=config.host_policy(), pids_limit=config.pids_limit,
         )  # fmt: skip
+        self.long_calls = limits.LongCalls()
+        self.workers = WorkerPool(WORKERS, WORKER_IDLE_SECONDS, name="rpc")
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="rpc"),
-            interceptors=[auth.AuthInterceptor(self.tls_files, insecure_tcp=config.insecure)],
+            self.workers,
+            # auth first: a caller without a role never takes a slot of the long calls
+            interceptors=[
+                auth.AuthInterceptor(self.tls_files, insecure_tcp=config.insecure),
+                limits.LimitInterceptor(self.long_calls),
+            ],
             options=[
-                ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
-                ("grpc.max_send_message_length", _MESSAGE_LIMIT),
+                ("grpc.max_receive_message_length", _RECEIVE_LIMIT),
+                ("grpc.max_send_message_length", _SEND_LIMIT),
+                *_KEEPALIVE,
             ],
         )
         self._register()
@@ -155,7 +182,8 @@ class Daemon:
         """Stop serving. Pods keep running; a new daemon re-adopts them. Each step runs
         whatever the one before it raised: a stop always ends."""
         steps = (self.health.enter_graceful_shutdown, self.events.close,
-                 lambda: self.server.stop(grace).wait(grace + 1), self.manager.close, self.store.close)  # fmt: skip
+                 lambda: self.server.stop(grace).wait(grace + 1), lambda: self.workers.shutdown(wait=False),
+                 self.manager.close, self.store.close)  # fmt: skip
         try:
             for step in steps:
                 try:
@@ -182,3 +210,80 @@ class Daemon:
             log.error("stopping took longer than %.0fs; leaving now", grace + STOP_MARGIN)
             logging.shutdown()
             os._exit(1)  # a thread that hangs must not keep the process alive
+
+
+_Work = tuple[futures.Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class WorkerPool(futures.Executor):
+    """The server's worker threads: up to ``max_workers``, made when work comes and none is
+    free, each ending once it has had no work for ``idle`` seconds."""
+
+    def __init__(self, max_workers: int, idle: float, name: str = "worker") -> None:
+        self.max_workers = max_workers
+        self._idle = idle
+        self._name = name
+        self._lock = threading.Condition()
+        self._work: deque[_Work] = deque()
+        self._threads: set[threading.Thread] = set()
+        self._waiting = 0  # threads waiting for work; each takes one item when it wakes
+        self._made = 0
+        self._shut = False
+
+    @property
+    def threads(self) -> int:
+        with self._lock:
+            return len(self._threads)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        future: futures.Future[Any] = futures.Future()
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("the worker pool is shut down")
+            self._work.append((future, fn, args, kwargs))
+            if len(self._work) > self._waiting and len(self._threads) < self.max_workers:
+                self._made += 1
+                thread = threading.Thread(
+                    target=self._run, name=f"{self._name}-{self._made}", daemon=True
+                )
+                self._threads.add(thread)
+                thread.start()
+            else:
+                self._lock.notify()
+        return future
+
+    def _run(self) -> None:
+        while (work := self._next()) is not None:
+            future, fn, args, kwargs = work
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as err:  # the future carries it
+                    future.set_exception(err)
+            del work, future, fn, args, kwargs  # the call's objects go now, not at the next one
+
+    def _next(self) -> _Work | None:
+        """The next work, or None when this thread is to end (idle too long, or shut down)."""
+        with self._lock:
+            while not self._work and not self._shut:
+                self._waiting += 1
+                woken = self._lock.wait(self._idle)
+                self._waiting -= 1
+                if not woken and not self._work:
+                    break
+            if self._work:
+                return self._work.popleft()
+            self._threads.discard(threading.current_thread())
+            return None
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shut = True
+            if cancel_futures:
+                while self._work:
+                    self._work.popleft()[0].cancel()
+            self._lock.notify_all()
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                thread.join()

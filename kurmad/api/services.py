@@ -12,6 +12,7 @@ import socket
 import struct
 import termios
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,10 +24,10 @@ from kurmad.images.store import ImageStore
 from kurmad.pods.builder import RunRequest, manifest_for_run
 from kurmad.pods.events import EventBus
 from kurmad.pods.manager import PodManager
-from kurmad.pods.model import PodConflict
+from kurmad.pods.model import Pod, PodConflict, PodState
 from kurmad.runtime.podinit import TTY_SOCKET
 
-from . import auth, convert
+from . import auth, convert, limits
 from .errors import BadRequest, handled, handled_stream
 from .v1 import kurma_pb2 as pb
 from .v1 import kurma_pb2_grpc as rpc
@@ -35,6 +36,10 @@ _READ = 65536
 # The longest grace or timeout a request may ask for (a day), and GC's age (ten years).
 MAX_SECONDS = 86400.0
 MAX_GC_GRACE = 10 * 365 * 86400.0
+# How often a call that waits looks whether its client is still there: the most a call outlives
+# a client that went away.
+_POLL = 0.25
+_WAIT_POLL = 0.5  # for calls that also read the pod's status at every look
 
 
 class PodsService(rpc.PodsServicer):
@@ -43,6 +48,7 @@ class PodsService(rpc.PodsServicer):
 
     @handled
     def Create(self, request: pb.CreatePodRequest, context: grpc.ServicerContext) -> pb.Pod:
+        limits.check_create_size(request)
         if request.HasField("run"):
             manifest = manifest_for_run(self.manager.store, _run_request(request.run))
         elif request.manifest_json:
@@ -69,7 +75,11 @@ class PodsService(rpc.PodsServicer):
     def List(
         self, request: pb.ListPodsRequest, context: grpc.ServicerContext
     ) -> pb.ListPodsResponse:
-        return pb.ListPodsResponse(pods=[convert.pod(p) for p in self.manager.pods()])
+        pods, token = limits.page(
+            self.manager.pods(), key=lambda p: (p.created_at, p.uuid), message=convert.pod,
+            kind="pods", page_size=request.page_size, page_token=request.page_token,
+        )  # fmt: skip
+        return pb.ListPodsResponse(pods=pods, next_page_token=token)
 
     @handled
     def Stop(self, request: pb.StopPodRequest, context: grpc.ServicerContext) -> pb.Pod:
@@ -94,13 +104,14 @@ class PodsService(rpc.PodsServicer):
             if request.HasField("timeout_seconds")
             else None
         )
-        return convert.pod(self.manager.wait(request.ref, timeout))
+        return convert.pod(_wait_while_wanted(self.manager, request.ref, timeout, context))
 
     @handled_stream
     def Logs(self, request: pb.LogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogEntry]:
-        for record in self.manager.logs(request.ref, request.app or None, request.follow):
-            if not context.is_active():
-                return
+        records = self.manager.logs(
+            request.ref, request.app or None, request.follow, still_wanted=context.is_active
+        )
+        for record in records:
             yield pb.LogEntry(timestamp=record.timestamp, stream=record.stream, line=record.line,
                               partial=record.partial)  # fmt: skip
 
@@ -115,6 +126,7 @@ class PodsService(rpc.PodsServicer):
         start = first.start
         if not start.argv:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "start.argv: give a command to run")
+        limits.check_exec_size(start)
         window = (start.size.rows or 24, start.size.columns or 80) if start.tty else None
         if start.tty:
             entered = self.manager.enter(start.ref, start.app or None, list(start.argv), stdio=None,
@@ -135,7 +147,9 @@ class PodsService(rpc.PodsServicer):
                     os.close(fd)
             session = _Session(stdin=in_w, stdout=out_r, stderr=err_r, terminal=False)
         yield from session.run(requests, context)
-        code = self.manager.wait_enter(entered.pid, timeout=30)
+        if not context.is_active():
+            return  # the client has gone: nobody to tell the exit code to
+        code = _exit_code_while_wanted(self.manager, entered.pid, 30, context)
         yield pb.ExecResponse(exit_code=code if code is not None else 255)
 
     @handled_stream
@@ -154,7 +168,9 @@ class PodsService(rpc.PodsServicer):
             _resize(master, start.size)
         session = _Session(stdin=master, stdout=master, stderr=None, terminal=True)
         yield from session.run(_as_exec_requests(requests), context)
-        pod = self.manager.wait(start.ref, timeout=30)
+        if not context.is_active():
+            return
+        pod = _wait_while_wanted(self.manager, start.ref, 30, context)
         app = pod.app(start.app) if start.app else pod.apps[0]
         code = app.exit_code if app is not None and app.exit_code is not None else 255
         yield pb.ExecResponse(exit_code=code)
@@ -208,52 +224,106 @@ def _resize(fd: int, size: pb.TerminalSize) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.columns, 0, 0))
 
 
+def _ready(fds: list[int], events: int, timeout: float) -> list[int]:
+    """Which of ``fds`` are ready (or hung up), waiting ``timeout`` at most (poll, as select
+    cannot watch descriptors past 1024: a daemon with many pods and streams has those)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, events)
+    return [fd for fd, _ in poller.poll(timeout * 1000)]
+
+
+def _wait_while_wanted(
+    manager: PodManager, ref: str, timeout: float | None, context: grpc.ServicerContext
+) -> Pod:
+    """manager.wait, given up when the client goes away."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        pod = manager.wait(ref, _WAIT_POLL if left is None else min(left, _WAIT_POLL))
+        if pod.state.terminal or pod.state == PodState.NEW or not context.is_active():
+            return pod
+        if left is not None and left <= _WAIT_POLL:
+            return pod  # the timeout has passed
+
+
+def _exit_code_while_wanted(
+    manager: PodManager, pid: int, timeout: float, context: grpc.ServicerContext
+) -> int | None:
+    """manager.wait_enter, given up when the client goes away."""
+    deadline = time.monotonic() + timeout
+    while context.is_active() and time.monotonic() < deadline:
+        code = manager.wait_enter(pid, _POLL)
+        if code is not None:
+            return code
+    return None
+
+
 class _Session:
-    """Relays a process's stdio (pipes, or a terminal's master) to and from a gRPC stream."""
+    """Relays a process's stdio (pipes, or a terminal's master) to and from a gRPC stream.
+
+    The stream's worker drains the output; a feeder thread writes what the client sends. Each
+    owns the descriptors it uses and closes them when it ends (a terminal's is duplicated for
+    the feeder), so neither can write to a number the other closed and the daemon reused. The
+    feeder writes without blocking, so a process that never reads its input cannot keep it
+    past the session. The session ends when the output does or the client goes away (looked
+    at every _POLL); the feeder then at its next request or write, or when the call ends."""
 
     def __init__(self, stdin: int, stdout: int, stderr: int | None, terminal: bool) -> None:
-        self.stdin, self.stdout, self.stderr, self.terminal = stdin, stdout, stderr, terminal
+        self.stdout, self.stderr, self.terminal = stdout, stderr, terminal
+        self.stdin = os.dup(stdin) if stdin == stdout else stdin
+        os.set_blocking(self.stdin, False)  # the master's too: _drain reads only when ready
+        self._ended = threading.Event()
 
     def run(
         self, requests: Iterator[pb.ExecRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ExecResponse]:
-        feeder = threading.Thread(target=self._feed, args=(requests,), daemon=True)
+        feeder = threading.Thread(target=self._feed, args=(requests,), daemon=True, name="feed")
         feeder.start()
         try:
             yield from self._drain(context)
         finally:
+            self._ended.set()
             for fd in {self.stdout, *([self.stderr] if self.stderr is not None else [])}:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            if not self.terminal:
-                with contextlib.suppress(OSError):
-                    os.close(self.stdin)
 
     def _feed(self, requests: Iterator[pb.ExecRequest]) -> None:
         try:
             for request in requests:
+                if self._ended.is_set():
+                    return
                 if request.HasField("stdin"):
-                    _write_all(self.stdin, request.stdin)
+                    self._write(request.stdin)
                 elif request.HasField("resize") and self.terminal:
                     _resize(self.stdin, request.resize)
                 elif request.HasField("close_stdin") and request.close_stdin:
-                    if self.terminal:
-                        _write_all(self.stdin, b"\x04")
-                    else:
-                        os.close(self.stdin)
-                        return
+                    if not self.terminal:
+                        return  # closing stdin is the end of input
+                    self._write(b"\x04")
         except (OSError, grpc.RpcError, ValueError):
             return
+        finally:
+            os.close(self.stdin)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self._ended.is_set():
+            try:
+                view = view[os.write(self.stdin, view) :]
+            except BlockingIOError:
+                _ready([self.stdin], select.POLLOUT, _POLL)
 
     def _drain(self, context: grpc.ServicerContext) -> Iterator[pb.ExecResponse]:
         open_fds = {self.stdout: "stdout"}
         if self.stderr is not None:
             open_fds[self.stderr] = "stderr"
         while open_fds and context.is_active():
-            readable, _, _ = select.select(list(open_fds), [], [], 0.5)
-            for fd in readable:
+            for fd in _ready(list(open_fds), select.POLLIN, _POLL):
                 try:
                     data = os.read(fd, _READ)
+                except BlockingIOError:  # another reader of the terminal was first
+                    continue
                 except OSError:  # EIO: the terminal's other side is closed
                     data = b""
                 if not data:
@@ -262,12 +332,6 @@ class _Session:
                     yield pb.ExecResponse(stdout=data)
                 else:
                     yield pb.ExecResponse(stderr=data)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class _ChunkReader:
@@ -311,7 +375,12 @@ class ImagesService(rpc.ImagesServicer):
     def List(
         self, request: pb.ListImagesRequest, context: grpc.ServicerContext
     ) -> pb.ListImagesResponse:
-        return pb.ListImagesResponse(images=[self._image(r) for r in self.store.images()])
+        images, token = limits.page(
+            self.store.images(), key=lambda r: (str(r.name), r.imported_at, str(r.id)),
+            message=self._image, kind="images", page_size=request.page_size,
+            page_token=request.page_token,
+        )  # fmt: skip
+        return pb.ListImagesResponse(images=images, next_page_token=token)
 
     @handled
     def Get(self, request: pb.ImageRef, context: grpc.ServicerContext) -> pb.Image:
@@ -348,7 +417,10 @@ class HostService(rpc.HostServicer):
     def Events(
         self, request: pb.EventsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Event]:
-        for event in self.events.subscribe(still_wanted=context.is_active):
+        subscription = self.events.subscribe(still_wanted=context.is_active)
+        if not context.add_callback(subscription.close):  # the call has ended already
+            subscription.close()
+        for event in subscription:
             yield convert.event(event)
 
     @handled

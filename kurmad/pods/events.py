@@ -6,7 +6,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -26,39 +26,76 @@ class EventBus:
 
     def __init__(self, backlog: int = 1000) -> None:
         self._lock = threading.Lock()
-        self._subscribers: list[queue.Queue[Event | None]] = []
+        self._subscribers: list[Subscription] = []
         self._backlog = backlog
 
     def publish(self, event: Event) -> None:
         with self._lock:
             subscribers = list(self._subscribers)
         for subscriber in subscribers:
-            with contextlib.suppress(queue.Full):  # this subscriber is not keeping up
-                subscriber.put_nowait(event)
+            subscriber.offer(event)
 
     def emit(self, kind: str, action: str, id_: str, name: str = "", **details: str) -> None:
         self.publish(Event(kind, action, id_, name, dict(details)))
 
-    def subscribe(self, still_wanted: object = None, poll: float = 0.5) -> Iterator[Event]:
-        """Events from now on, until ``still_wanted()`` says stop (checked every ``poll``)."""
-        inbox: queue.Queue[Event | None] = queue.Queue(self._backlog)
+    def subscribe(
+        self, still_wanted: Callable[[], bool] | None = None, poll: float = 0.5
+    ) -> Subscription:
+        """Events from now on, until the subscription is closed (from any thread, which ends
+        its iteration at once) or ``still_wanted()`` says stop (asked every ``poll``)."""
+        subscription = Subscription(self, self._backlog, still_wanted, poll)
         with self._lock:
-            self._subscribers.append(inbox)
-        try:
-            while still_wanted is None or still_wanted():  # type: ignore[operator]
-                try:
-                    event = inbox.get(timeout=poll)
-                except queue.Empty:
-                    continue
-                if event is None:
-                    return
-                yield event
-        finally:
-            with self._lock:
-                self._subscribers.remove(inbox)
+            self._subscribers.append(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._subscribers.remove(subscription)
 
     def close(self) -> None:
         with self._lock:
-            for subscriber in self._subscribers:
-                with contextlib.suppress(queue.Full):
-                    subscriber.put_nowait(None)
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            subscriber.close()
+
+
+class Subscription:
+    """One subscriber's events: iterate it in one thread; close it from any."""
+
+    def __init__(
+        self, bus: EventBus, backlog: int, still_wanted: Callable[[], bool] | None, poll: float
+    ) -> None:
+        self._bus = bus
+        self._inbox: queue.Queue[Event | None] = queue.Queue(backlog)
+        self._closed = threading.Event()
+        self._still_wanted = still_wanted
+        self._poll = poll
+
+    def offer(self, event: Event) -> None:
+        self._put(event)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._put(None)  # wakes the reader (a full inbox needs no waking: it looks at _closed)
+
+    def _put(self, item: Event | None) -> None:
+        with contextlib.suppress(queue.Full):  # this subscriber is not keeping up
+            self._inbox.put_nowait(item)
+
+    def __iter__(self) -> Iterator[Event]:
+        try:
+            while self._wanted():
+                try:
+                    event = self._inbox.get(timeout=self._poll)
+                except queue.Empty:
+                    continue
+                if event is not None and not self._closed.is_set():
+                    yield event
+        finally:
+            self._closed.set()
+            self._bus.unsubscribe(self)
+
+    def _wanted(self) -> bool:
+        if self._closed.is_set():
+            return False
+        return self._still_wanted is None or self._still_wanted()

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import uuid as uuid_module
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -616,7 +616,12 @@ class PodManager:
 
     # -- logs and enter -----------------------------------------------------------------------------
 
-    def logs(self, ref: str, app: str | None = None, follow: bool = False) -> Iterator[LogRecord]:
+    def logs(
+        self, ref: str, app: str | None = None, follow: bool = False,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> Iterator[LogRecord]:  # fmt: skip
+        """An app's log records; with ``follow``, until the pod ends or ``still_wanted()``
+        says the reader has gone."""
         record = self._find(ref)
         name = self._app_name(record, app)
         directory = self._dir(record.uuid) / "apps" / name
@@ -626,7 +631,8 @@ class PodManager:
                 if record.state.active:
                     self._changed.wait(seconds)  # woken at once when the pod ends
 
-        return read_logs(directory, follow, still_running=lambda: record.state.active, pause=pause)
+        return read_logs(directory, follow, still_running=lambda: record.state.active,
+                         pause=pause, still_wanted=still_wanted)  # fmt: skip
 
     def _app_name(self, record: _Record, app: str | None) -> str:
         names = [a["name"] for a in record.apps]

@@ -130,9 +130,12 @@ def read_logs(
     still_running: Callable[[], bool] | None = None,
     poll_interval: float = 0.1,
     pause: Callable[[float], object] = time.sleep,
+    still_wanted: Callable[[], bool] | None = None,
 ) -> Iterator[LogRecord]:
     """Every record of an app, oldest first (rotated files too). With ``follow``, keep
-    waiting for more while ``still_running()`` says the app runs, across rotations.
+    waiting for more while ``still_running()`` says the app runs, across rotations, and
+    ``still_wanted()`` says the reader is there (asked at every look, so a follower of a silent
+    app ends within a ``poll_interval`` of its reader going away).
     ``pause(seconds)`` waits between looks; one that returns early when the app ends (the
     pod manager's) makes the end of the stream prompt."""
     for rotated in sorted(directory.glob(f"{LOG_FILE}.*"), key=lambda p: -int(p.suffix[1:])):
@@ -142,7 +145,7 @@ def read_logs(
         # asked before reading, so the read after the app stops is the final, complete one
         running = follow and still_running is not None and still_running()
         yield from tail.new_records()
-        if not running:
+        if not running or (still_wanted is not None and not still_wanted()):
             return
         pause(poll_interval)
 

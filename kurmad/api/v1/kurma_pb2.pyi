@@ -183,14 +183,20 @@ class CreatePodRequest(_message.Message):
     def __init__(self, manifest_json: _Optional[str] = ..., run: _Optional[_Union[RunSpec, _Mapping]] = ..., name: _Optional[str] = ..., start: _Optional[bool] = ..., no_wait: _Optional[bool] = ...) -> None: ...
 
 class ListPodsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListPodsResponse(_message.Message):
-    __slots__ = ("pods",)
+    __slots__ = ("pods", "next_page_token")
     PODS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     pods: _containers.RepeatedCompositeFieldContainer[Pod]
-    def __init__(self, pods: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, pods: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StopPodRequest(_message.Message):
     __slots__ = ("ref", "grace_seconds")
@@ -361,14 +367,20 @@ class ImageRef(_message.Message):
     def __init__(self, ref: _Optional[str] = ...) -> None: ...
 
 class ListImagesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListImagesResponse(_message.Message):
-    __slots__ = ("images",)
+    __slots__ = ("images", "next_page_token")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RemoveImageResponse(_message.Message):
     __slots__ = ()

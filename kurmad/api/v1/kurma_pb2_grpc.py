@@ -27,7 +27,12 @@ if _version_not_supported:
 
 
 class PodsStub:
-    """Missing associated documentation comment in .proto file."""
+    """Streams (Logs, Exec, Attach, Events, Import, ...) and the waits (Wait, Stop) are long calls:
+    a client (a certificate subject; the local socket is one) has at most 32 open at once, and the
+    next is RESOURCE_EXHAUSTED. An admitted one gets the initial metadata
+    "kurmad-stream: admitted" at once, before any message. Requests are bounded in size: a
+    manifest 1 MiB, annotations, an environment and argv 256 KiB each (INVALID_ARGUMENT beyond).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -88,7 +93,12 @@ class PodsStub:
 
 
 class PodsServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Streams (Logs, Exec, Attach, Events, Import, ...) and the waits (Wait, Stop) are long calls:
+    a client (a certificate subject; the local socket is one) has at most 32 open at once, and the
+    next is RESOURCE_EXHAUSTED. An admitted one gets the initial metadata
+    "kurmad-stream: admitted" at once, before any message. Requests are bounded in size: a
+    manifest 1 MiB, annotations, an environment and argv 256 KiB each (INVALID_ARGUMENT beyond).
+    """
 
     def Create(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -213,7 +223,12 @@ def add_PodsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Pods:
-    """Missing associated documentation comment in .proto file."""
+    """Streams (Logs, Exec, Attach, Events, Import, ...) and the waits (Wait, Stop) are long calls:
+    a client (a certificate subject; the local socket is one) has at most 32 open at once, and the
+    next is RESOURCE_EXHAUSTED. An admitted one gets the initial metadata
+    "kurmad-stream: admitted" at once, before any message. Requests are bounded in size: a
+    manifest 1 MiB, annotations, an environment and argv 256 KiB each (INVALID_ARGUMENT beyond).
+    """
 
     @staticmethod
     def Create(request,
