@@ -91,6 +91,8 @@ def _abort(context: grpc.ServicerContext, err: Exception) -> None:
     if context.code() is not None:
         raise err  # context.abort ran already: its status and message stand
     code = status_of(err)
+    if code == grpc.StatusCode.INTERNAL and not context.is_active():
+        code = grpc.StatusCode.CANCELLED  # the client left mid-call (a stream it cancelled)
     if code == grpc.StatusCode.INTERNAL:
         log.exception("unexpected error")
         message = f"internal error: {type(err).__name__}: {err}"
