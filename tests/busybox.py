@@ -38,3 +38,12 @@ def import_busybox(store: ImageStore, name: str = "example.com/busybox", app: di
     manifest = image_manifest(name)
     manifest["app"] = app or {"exec": ["/bin/sh"], "user": "0", "group": "0"}
     return store.import_stream(io.BytesIO(aci(manifest, busybox_entries() + (extra or [])))).record
+
+
+def write_busybox_aci(path: Path, exec_: list[str], name: str = "example.com/busybox",
+                      version: str = "1.35.0") -> Path:  # fmt: skip
+    """The busybox image as an ACI file (gzip), its app running ``exec_`` as root."""
+    manifest = image_manifest(name, version)
+    manifest["app"] = {"exec": exec_, "user": "0", "group": "0"}
+    path.write_bytes(aci(manifest, busybox_entries(), "gzip"))
+    return path

@@ -64,6 +64,19 @@ class ServeProcess:
     def client(self) -> Client:
         return Client(self.socket)
 
+    def import_image(self, path: Path) -> str:
+        """Import an ACI file through the local socket; its image ID."""
+        with self.client() as kurma, open(path, "rb") as f:
+            return kurma.import_image(f).image.id
+
+    def issue_bundle(self, name: str, role: str, out: Path) -> Path:
+        """A client bundle from this daemon's CA (kurmad certs client)."""
+        result = subprocess.run([sys.executable, "-m", "kurmad", "certs", "client", name, "--role", role,
+                                 "-o", str(out), "--state-dir", str(self.state)], capture_output=True, text=True)  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"kurmad certs client {name}: {result.stderr.strip()}")
+        return out
+
     def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)

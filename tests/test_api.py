@@ -23,7 +23,7 @@ from kurmad.api.v1 import kurma_pb2 as pb
 from kurmad.client import Client, KurmaError
 from kurmad.linux.cgroups import CgroupDriver
 
-from .busybox import busybox_entries, busybox_path
+from .busybox import busybox_entries, busybox_path, write_busybox_aci
 from .daemon import ServeProcess
 from .tarcraft import aci, image_manifest
 
@@ -36,10 +36,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def busybox_aci(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("aci") / "busybox.aci"
-    manifest = image_manifest("example.com/busybox", "1.35.0")
-    manifest["app"] = {"exec": ["/bin/sh", "-c", "echo default app"], "user": "0", "group": "0"}
-    path.write_bytes(aci(manifest, busybox_entries(), "gzip"))
-    return path
+    return write_busybox_aci(path, ["/bin/sh", "-c", "echo default app"])
 
 
 @pytest.fixture(scope="module")
@@ -415,15 +412,9 @@ def tls_daemon(tmp_path_factory: pytest.TempPathFactory, busybox_aci: Path):
     serve = ServeProcess(
         tmp_path_factory.mktemp("tls") / "state", "--listen", "127.0.0.1:0"
     ).start()
-    bundles = {}
-    for role in ("reader", "operator", "admin"):
-        out = serve.state.parent / f"bundle-{role}"
-        result = subprocess.run([sys.executable, "-m", "kurmad", "certs", "client", f"{role}-user", "--role", role,
-                                 "-o", str(out), "--state-dir", str(serve.state)], capture_output=True, text=True)  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        bundles[role] = out
-    with serve.client() as kurma, open(busybox_aci, "rb") as f:
-        kurma.import_image(f)
+    bundles = {role: serve.issue_bundle(f"{role}-user", role, serve.state.parent / f"bundle-{role}")
+               for role in ("reader", "operator", "admin")}  # fmt: skip
+    serve.import_image(busybox_aci)
     yield serve, bundles
     serve.cleanup_pods()
     serve.stop()

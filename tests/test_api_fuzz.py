@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,8 @@ from kurmad.api.v1 import kurma_pb2_grpc as rpc
 from kurmad.client import Client
 from kurmad.linux.cgroups import CgroupDriver
 
-from .busybox import busybox_entries, busybox_path
+from .busybox import busybox_path, write_busybox_aci
 from .daemon import ServeProcess
-from .tarcraft import aci, image_manifest
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or busybox_path() is None,
@@ -44,18 +41,11 @@ def target(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("fuzz")
     allowed = root / "allowed"
     allowed.mkdir()
-    image = root / "busybox.aci"
-    manifest = image_manifest("example.com/busybox", "1.35.0")
-    manifest["app"] = {"exec": ["/bin/true"], "user": "0", "group": "0"}
-    image.write_bytes(aci(manifest, busybox_entries(), "gzip"))
     serve = ServeProcess(
         root / "state", "--listen", "127.0.0.1:0", "--allow-host-volume", str(allowed)
     ).start()
-    bundle = root / "operator"
-    subprocess.run([sys.executable, "-m", "kurmad", "certs", "client", "fuzzer", "--role", "operator",
-                    "-o", str(bundle), "--state-dir", str(serve.state)], check=True, capture_output=True)  # fmt: skip
-    with serve.client() as kurma, open(image, "rb") as f:
-        image_id = kurma.import_image(f).image.id
+    bundle = serve.issue_bundle("fuzzer", "operator", root / "operator")
+    image_id = serve.import_image(write_busybox_aci(root / "busybox.aci", ["/bin/true"]))
     assert serve.tcp is not None
     yield serve, bundle, image_id, allowed
     serve.cleanup_pods()

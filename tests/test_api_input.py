@@ -18,9 +18,8 @@ from kurmad.api.v1 import kurma_pb2_grpc as rpc
 from kurmad.client import KurmaError
 from kurmad.linux.cgroups import CgroupDriver
 
-from .busybox import busybox_entries, busybox_path
+from .busybox import busybox_path, write_busybox_aci
 from .daemon import ServeProcess
-from .tarcraft import aci, image_manifest
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or busybox_path() is None,
@@ -31,13 +30,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("input")
-    image = root / "busybox.aci"
-    manifest = image_manifest("example.com/busybox", "1.35.0")
-    manifest["app"] = {"exec": ["/bin/true"], "user": "0", "group": "0"}
-    image.write_bytes(aci(manifest, busybox_entries(), "gzip"))
     serve = ServeProcess(root / "state").start()
-    with serve.client() as kurma, open(image, "rb") as f:
-        kurma.import_image(f)
+    serve.import_image(write_busybox_aci(root / "busybox.aci", ["/bin/true"]))
     yield serve
     serve.cleanup_pods()
     serve.stop()

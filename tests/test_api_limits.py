@@ -27,7 +27,7 @@ from kurmad.linux.cgroups import CgroupDriver
 from kurmad.pods.events import EventBus
 from kurmad.runtime.logs import LogWriter, read_logs
 
-from .busybox import busybox_entries, busybox_path
+from .busybox import busybox_entries, busybox_path, write_busybox_aci
 from .daemon import ServeProcess
 from .tarcraft import aci, image_manifest
 
@@ -296,20 +296,12 @@ def serve(
     daemon = ServeProcess(
         state, "--listen", "127.0.0.1:0", cgroup_parent=f"/kurmad-test-{os.getpid()}-limits"
     ).start()
-    bundles = {}
-    for name in (*READERS, "operator-x"):
-        out = state.parent / f"bundle-{name}"
-        role = name.split("-")[0]
-        result = subprocess.run([sys.executable, "-m", "kurmad", "certs", "client", name, "--role", role,
-                                 "-o", str(out), "--state-dir", str(state)], capture_output=True, text=True)  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        bundles[name] = out
-    busybox = state.parent / "busybox.aci"
-    manifest = image_manifest("example.com/busybox", "1.35.0")
-    manifest["app"] = {"exec": ["/bin/sh", "-c", "echo default app"], "user": "0", "group": "0"}
-    busybox.write_bytes(aci(manifest, busybox_entries(), "gzip"))
-    with daemon.client() as kurma, open(busybox, "rb") as f:
-        kurma.import_image(f)
+    bundles = {name: daemon.issue_bundle(name, name.split("-")[0], state.parent / f"bundle-{name}")
+               for name in (*READERS, "operator-x")}  # fmt: skip
+    daemon.import_image(
+        write_busybox_aci(state.parent / "busybox.aci", ["/bin/sh", "-c", "echo default app"])
+    )
+    with daemon.client() as kurma:
         kurma.run(
             "example.com/busybox",
             exec=["/bin/sh", "-c", "echo ready; exec sleep 3600"],

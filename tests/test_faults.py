@@ -19,9 +19,8 @@ from kurmad.api.v1 import kurma_pb2 as pb
 from kurmad.client import KurmaError
 from kurmad.linux.cgroups import CgroupDriver
 
-from .busybox import busybox_entries, busybox_path
+from .busybox import busybox_path, write_busybox_aci
 from .daemon import ServeProcess
-from .tarcraft import aci, image_manifest
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or busybox_path() is None,
@@ -31,11 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def busybox_aci(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("aci") / "busybox.aci"
-    manifest = image_manifest("example.com/busybox", "1.35.0")
-    manifest["app"] = {"exec": ["/bin/sleep", "60"], "user": "0", "group": "0"}
-    path.write_bytes(aci(manifest, busybox_entries(), "gzip"))
-    return path
+    return write_busybox_aci(tmp_path_factory.mktemp("aci") / "busybox.aci", ["/bin/sleep", "60"])
 
 
 @pytest.fixture
@@ -52,8 +47,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def started(state: Path, image: Path, *extra: str) -> ServeProcess:
     serve = ServeProcess(state, *extra).start()
-    with serve.client() as kurma, open(image, "rb") as f:
-        kurma.import_image(f)
+    serve.import_image(image)
     return serve
 
 

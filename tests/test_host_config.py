@@ -364,7 +364,10 @@ def test_a_bad_key_inside_a_mapping_drops_that_whole_layer_of_the_section(tmp_pa
     config = load(base_file=base, oem_file=oem)
     assert config.values["api"]["listen"] == "10.0.0.1:7000"
     assert len(config.errors) == 1
-    assert "api.port: unknown key (known: insecure, listen, tls_dir)" in config.errors[0]
+    assert (
+        "api.port: unknown key (known: allow_host_volumes, insecure, listen, tls_dir)"
+        in config.errors[0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -600,7 +603,7 @@ def test_initial_pod_restart_policy(tmp_path: Path) -> None:
 def test_initial_pod_unknown_key(tmp_path: Path) -> None:
     assert (
         "initial_pods[0].command: unknown key "
-        "(known: env, exec, host_network, image, manifest, name, restart, volumes)"
+        "(known: devices, env, exec, host_network, image, manifest, name, restart, volumes)"
     ) in only_problem(tmp_path, "initial_pods: [{name: a, image: b, command: x}]\n")
 
 
@@ -679,6 +682,14 @@ def test_cli_validate_bad_file(tmp_path: Path) -> None:
         ({"name": "a", "image": "x", "volumes": ["/a:/b:rx"]}, "expected HOST:PATH[:ro]"),
         ({"name": "a", "image": "x", "exec": "/bin/sh"}, "initial_pods[0].exec: must be a list"),
         ({"name": "a", "manifest": "not a mapping"}, "initial_pods[0].manifest: must be a mapping"),
+        (
+            {"name": "a", "image": "x", "devices": "/dev/ttyS0"},
+            "initial_pods[0].devices: must be a list",
+        ),
+        (
+            {"name": "a", "image": "x", "devices": ["ttyS0"]},
+            "initial_pods[0].devices[0]: 'ttyS0' must be a path under /dev",
+        ),
     ],
 )
 def test_initial_pod_fields_are_checked(pod: dict[str, Any], message: str) -> None:
@@ -707,3 +718,11 @@ def test_pod_networks_are_checked(tmp_path: Path) -> None:
         "pod_networks: network b: subnet 10.1.2.0/24 overlaps 10.1.0.0/16 of network a" in problem
     )
     assert "a name is needed" in only_problem(tmp_path, "pod_networks: [{subnet: 10.2.0.0/16}]\n")
+
+
+def test_the_host_paths_operators_may_mount_are_absolute(tmp_path: Path) -> None:
+    config = LoadedConfig(copy.deepcopy(DEFAULTS))
+    merge_layer(config, {"api": {"allow_host_volumes": ["/srv/data", "relative"]}}, "f.yml")
+    assert "api.allow_host_volumes[1]: 'relative' must be an absolute path" in config.errors[0]
+    merge_layer(config, {"api": {"allow_host_volumes": ["/srv/data"]}}, "g.yml")
+    assert config.values["api"]["allow_host_volumes"] == ["/srv/data"]

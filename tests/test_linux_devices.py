@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import stat
 import struct
@@ -26,6 +25,8 @@ from kurmad.linux.cgroups import (
     Hierarchy,
     discover,
 )
+
+from .forked import outcomes_in_child
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="makes cgroups and loop devices: needs root"
@@ -184,29 +185,12 @@ def _read_one(path: str) -> None:
 def inside(procs: list[Path], attempts: dict[str, Callable[[], object]]) -> dict[str, str]:
     """Fork a child into the cgroups whose cgroup.procs are given; it makes each attempt:
     "ok", or the errno name it failed with."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        results: dict[str, str] = {}
-        try:
-            for path in procs:
-                path.write_text(str(os.getpid()))
-            for name, attempt in attempts.items():
-                try:
-                    attempt()
-                    results[name] = "ok"
-                except OSError as err:
-                    results[name] = errno.errorcode.get(err.errno or 0, str(err))
-        except BaseException as err:
-            results["child"] = repr(err)
-        os.write(write_end, json.dumps(results).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
+
+    def join() -> None:
+        for path in procs:
+            path.write_text(str(os.getpid()))
+
+    return outcomes_in_child(join, attempts)
 
 
 def assert_confined(results: dict[str, str]) -> None:

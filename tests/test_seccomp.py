@@ -4,7 +4,6 @@ kernel enforces it (root: a forked child installs the filter and tries)."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import struct
@@ -21,6 +20,8 @@ from kurmad.linux import seccomp
 from kurmad.linux import syscalls as sc
 from kurmad.linux.syscall_table import SYSCALLS_X86_64
 from kurmad.runtime.isolators import app_policy, default_seccomp, filter_of
+
+from .forked import outcomes_in_child
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="installs seccomp filters: needs root")
 needs_x86_64 = pytest.mark.skipif(
@@ -227,29 +228,12 @@ def in_filtered_child(
 ) -> dict[str, str]:
     """Fork; the child installs ``program`` (none: no filter) and runs each probe: "ok", or the
     errno name it failed with."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        results: dict[str, str] = {}
-        try:
-            if program is not None:
-                sc.seccomp_filter(program)
-            for name, probe in probes.items():
-                try:
-                    probe()
-                    results[name] = "ok"
-                except OSError as err:
-                    results[name] = errno.errorcode.get(err.errno or 0, str(err))
-        except BaseException as err:
-            results["child"] = repr(err)
-        os.write(write_end, json.dumps(results).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
+
+    def install() -> None:
+        if program is not None:
+            sc.seccomp_filter(program)
+
+    return outcomes_in_child(install, probes)
 
 
 def clone_into(flags: int) -> None:

@@ -54,6 +54,20 @@ def test_a_busybox_pod_runs_and_its_output_comes_back(vm: Booted) -> None:
     assert result.stdout.startswith("hello from busybox-")  # the pod's own host name
 
 
+def test_a_pod_cannot_reach_the_vms_disks_but_one_given_to_it(vm: Booted) -> None:
+    """cgroup v2 in the VM: the device program, nodev and the device isolator together."""
+    probe = ("for d in /sys/block/*; do n=${d##*/}; case $n in loop*|ram*) continue;; esac; "
+             "mm=$(cat $d/dev); mknod /tmp/$n b ${mm%:*} ${mm#*:} && echo made $n; "
+             "head -c 512 /tmp/$n >/dev/null 2>&1 && echo read $n; done; ls /sys/block | grep -c vd")  # fmt: skip
+    denied = vm.kurmactl("run", "--rm", "kurma.io/busybox", "--", "/bin/sh", "-c", probe)
+    assert denied.returncode == 0, denied.stderr
+    assert "made" not in denied.stdout and "read" not in denied.stdout, denied.stdout
+    assert int(denied.stdout.split()[-1]) >= 1, "the data disk is there to be refused"
+    given = vm.kurmactl("run", "--rm", "--device", "/dev/nvme0n1", "kurma.io/busybox", "--",
+                        "/bin/sh", "-c", "head -c 512 /dev/nvme0n1 | wc -c")  # fmt: skip
+    assert (given.returncode, given.stdout.strip()) == (0, "512"), given.stderr
+
+
 def test_a_published_port_reaches_a_pod_on_the_bridge(vm: Booted) -> None:
     started = vm.kurmactl("run", "-d", "--name", "web", "-p", f"{WEB_PORT}:80", "kurma.io/busybox", "--",
                           "/bin/sh", "-c", "mkdir /www; echo hello from a pod > /www/index.html; exec httpd -f -p 80 -h /www")  # fmt: skip

@@ -28,6 +28,10 @@ log = logging.getLogger("kurmad.api")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# The longest status message sent: the rest of a longer one is cut (it quotes a request).
+MESSAGE_LIMIT = 2000
+
+
 class BadRequest(ValueError):
     """The request message itself is wrong (a field missing, or out of bounds)."""
 
@@ -98,4 +102,14 @@ def _abort(context: grpc.ServicerContext, err: Exception) -> None:
         message = f"internal error: {type(err).__name__}: {err}"
     else:
         message = str(err)
-    context.abort(code, message)
+    context.abort(code, _bounded(message))
+
+
+def _bounded(message: str) -> str:
+    """A status message fits in the trailers a client accepts (8 KiB of metadata by default),
+    however much of a request it quotes."""
+    if len(message) <= MESSAGE_LIMIT:
+        return message
+    return (
+        f"{message[: MESSAGE_LIMIT - 40]}... ({len(message) - MESSAGE_LIMIT + 40} characters more)"
+    )
