@@ -63,7 +63,11 @@ numbers = st.one_of(
 # Mostly the names of pods the sequence makes, so that stops, waits and logs meet real pods.
 good_names = st.sampled_from(["fuzzed", "other", ""])
 names = st.one_of(
-    good_names, good_names, good_names, st.sampled_from(["a" * 70, "-bad", "UPPER"]), text
+    good_names,
+    good_names,
+    good_names,
+    st.sampled_from(["a" * 70, "-bad", "UPPER", "x" * 20000]),
+    text,
 )
 valid_env = st.dictionaries(
     st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), text, max_size=3
