@@ -3,6 +3,8 @@
     make bench-api        (or: .venv/bin/python -m bench.api_bench)
 
 - Get of one pod, and List with 0, 100 and 1000 pods: p50 and p99 over a local `kurmad serve`;
+- Get while 32 idle `logs -f` streams are open, against Get with none (the streams must not
+  take the workers unary calls need);
 - `kurmactl run --rm busybox -- /bin/true`, process start included, against
   `podman run --rm --rootfs` of the same busybox root filesystem.
 """
@@ -15,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,6 +74,33 @@ def latency(kurma: Client, calls: int) -> None:
         kurma.remove(pod.uuid)
 
 
+def latency_under_followers(kurma: Client, calls: int, followers: int = 32) -> None:
+    """Unary calls while as many idle streams as one client may hold are open (Logs follow of
+    a silent pod): they must answer as fast as with none."""
+    print(f"\n== Get while {followers} idle log followers are open, against none")
+    pod = kurma.run("example.com/busybox", exec=["/bin/sleep", "3600"], name="silent")
+    idle = [_timed(lambda: kurma.get(pod.uuid)) for _ in range(calls)]
+    streams = [kurma.logs(pod.uuid, follow=True) for _ in range(followers)]
+    readers = [threading.Thread(target=lambda s=s: list(s), daemon=True) for s in streams]
+    for reader in readers:
+        reader.start()
+    time.sleep(1)  # every follower admitted and waiting
+    busy = [_timed(lambda: kurma.get(pod.uuid)) for _ in range(calls)]
+    for stream in streams:
+        stream.cancel()
+    kurma.remove(pod.uuid, force=True)
+    ratio = percentile(busy, 0.5) / percentile(idle, 0.5)
+    print(
+        f"  no followers       p50 {percentile(idle, 0.5):6.2f} ms   p99 {percentile(idle, 0.99):6.2f} ms"
+    )
+    print(
+        f"  {followers} followers       p50 {percentile(busy, 0.5):6.2f} ms   p99 {percentile(busy, 0.99):6.2f} ms"
+    )
+    print(
+        f"  ratio p50 followers / none = {ratio:.2f}  (goal <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'})"
+    )
+
+
 def _timed(call) -> float:  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     call()
@@ -98,6 +128,7 @@ def main() -> None:
                 data.seek(0)
                 kurma.import_image(data)
                 latency(kurma, args.calls)
+                latency_under_followers(kurma, args.calls)
             env = {**os.environ, "KURMA_HOST": socket}
             conf = work / "containers.conf"
             conf.write_text(CONTAINERS_CONF)

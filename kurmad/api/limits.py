@@ -52,7 +52,7 @@ ARGV_BYTES = 256 * _KiB
 # A page stops before this many bytes (the send limit is far above: one item alone, at the
 # bounds above, is about a MiB) or this many items.
 PAGE_BYTES = 4 * _MiB
-DEFAULT_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 1000
 
 Caller = tuple[str, bytes]  # how it came, and who: ("x509", subject), ("address", b"ipv4:...")
@@ -290,12 +290,13 @@ def _size(n: int) -> str:
 
 
 def page(
-    items: Iterable[T], key: Callable[[T], Sequence[str | float]], message: Callable[[T], M],
+    items: Iterable[T], key: Callable[[T], Sequence[str | float]], message: Callable[[T], M | None],
     *, kind: str, page_size: int, page_token: str,
 ) -> tuple[list[M], str]:  # fmt: skip
     """The items after ``page_token`` in ``key`` order, as messages: at most ``page_size``
     (0: DEFAULT_PAGE_SIZE) and PAGE_BYTES together, one at least; and the token of the page
-    after, or "" if this is the last. A token names the last item's key, so items that come
+    after, or "" if this is the last. ``message`` is called only for items on the page (None:
+    the item is gone; it is left out). A token names the last item's key, so items that come
     and go between pages never make another item come twice or not at all."""
     after = _token_key(page_token, kind) if page_token else None
     wanted = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -312,6 +313,8 @@ def page(
         if len(out) == wanted:
             return out, _token(kind, last)
         reply = message(item)
+        if reply is None:  # gone since the items were taken
+            continue
         size = reply.ByteSize()
         if out and used + size > PAGE_BYTES:
             return out, _token(kind, last)

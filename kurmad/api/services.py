@@ -76,10 +76,14 @@ class PodsService(rpc.PodsServicer):
         self, request: pb.ListPodsRequest, context: grpc.ServicerContext
     ) -> pb.ListPodsResponse:
         pods, token = limits.page(
-            self.manager.pods(), key=lambda p: (p.created_at, p.uuid), message=convert.pod,
+            self.manager.pod_order(), key=_order_key, message=self._pod_message,
             kind="pods", page_size=request.page_size, page_token=request.page_token,
         )  # fmt: skip
         return pb.ListPodsResponse(pods=pods, next_page_token=token)
+
+    def _pod_message(self, order: tuple[float, str]) -> pb.Pod | None:
+        pod = self.manager.find(order[1])
+        return None if pod is None else convert.pod(pod)  # None: removed since the listing began
 
     @handled
     def Stop(self, request: pb.StopPodRequest, context: grpc.ServicerContext) -> pb.Pod:
@@ -174,6 +178,10 @@ class PodsService(rpc.PodsServicer):
         app = pod.app(start.app) if start.app else pod.apps[0]
         code = app.exit_code if app is not None and app.exit_code is not None else 255
         yield pb.ExecResponse(exit_code=code)
+
+
+def _order_key(order: tuple[float, str]) -> list[str | float]:
+    return list(order)
 
 
 def _seconds(value: float, field: str, maximum: float = MAX_SECONDS) -> float:

@@ -194,6 +194,18 @@ class PodManager:
             records = sorted(self._records.values(), key=lambda r: r.created_at)
         return [self._view(r) for r in records]
 
+    def pod_order(self) -> list[tuple[float, str]]:
+        """(created_at, uuid) of every pod, oldest first: what a listing pages by, without
+        building a view of pods that are not on the page."""
+        with self._lock:
+            return sorted((r.created_at, r.uuid) for r in self._records.values())
+
+    def find(self, pod_uuid: str) -> Pod | None:
+        """The pod of exactly this UUID, if it still exists."""
+        with self._lock:
+            record = self._records.get(pod_uuid)
+        return None if record is None else self._view(record)
+
     def _refresh(self, record: _Record) -> dict[str, Any]:
         """Take in what the pod init reports of a running pod: STARTING becomes RUNNING once
         every app has exec'd."""
