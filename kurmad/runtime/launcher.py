@@ -11,13 +11,59 @@ Wire: a SOCK_SEQPACKET socketpair; each message one JSON object, file descriptor
 stdio) alongside. Requests carry an ``id`` answered by a reply with the same id; the launcher
 also announces every child it reaps as ``{"event": "exit", "pid": .., "status": ..}``. When the
 daemon's end closes, the launcher exits; running pods keep running (they were never its
-threads) and a new daemon re-adopts them."""
+threads) and a new daemon re-adopts them.
+
+What a pod can see of it. A pod init stays PID 1 of its pod's PID namespace and an enter forks
+into that namespace, so processes of kurmad's are visible from inside every pod, and
+/proc/<pid>/{exe,root,cwd,fd} of a visible process are doors: runc's CVE-2019-5736 was a
+container opening the runtime's binary through /proc/<pid>/exe while ``exec`` entered it, and
+overwriting it. The defences, in layers, each for what the one before leaves open:
+
+1. A sealed copy of the interpreter. The daemon copies its Python binary into a memfd, seals it
+   (no write, shrink or grow, no more seals) and execs the launcher from it, as runc re-execs
+   itself: every process the launcher forks has that copy as /proc/<pid>/exe, never the host's
+   file, and the copy cannot be written either (ETXTBSY while it runs, EPERM by the seal).
+   runc 1.2 traded its copy for a read-only overlayfs view of its binary, which saves memory
+   but is only as strong as a read-only barrier (page-cache write bugs have pierced those:
+   runc#5272) and takes a mount per start; the memfd is not the host's file at all and costs one
+   copy, made once per daemon (~7 MB of memory, shared by every pod init). The copy lives
+   nowhere, so it cannot find the standard library or kurmad from its own path: PYTHONHOME and
+   PYTHONPATH hand it the daemon's (a venv, a checkout, the initramfs's zips), and ``-S -P``
+   skip the site and cwd scans that this makes redundant.
+2. Non-dumpable. The launcher sets PR_SET_DUMPABLE 0, which every child inherits from fork until
+   it execs (the exec makes an app dumpable again). Then only CAP_SYS_PTRACE opens a pod init's
+   or an entering process's /proc/<pid>/{exe,root,cwd,fd,environ,mem}: a pod with the default
+   capabilities sees the numbers and nothing behind them, even in the window after an entering
+   process has dropped to the app's credentials (where the kernel's same-credentials rule would
+   let the app in) and before its exec.
+3. No fd of kurmad's reaches a pod. A forked child closes every fd it was not sent and points
+   its stdio at /dev/null first; the fds an enter is sent arrive close-on-exec
+   (MSG_CMSG_CLOEXEC), and the namespace fds are closed before the fork into the pod, so the
+   command holds exactly its stdio at exec. The launcher runs in / (no pod init inherits a host
+   directory as its cwd) with /dev/null as stdin, and gets none of the daemon's environment but
+   its locale and Python paths (the environment a process started with stays readable).
+4. The pod init's own root. CAP_SYS_PTRACE (an admin may grant it) gets a pod past layer 2, to
+   /proc/1/root and /proc/1/cwd. So once the apps' filesystems are set up, the pod init
+   pivot_roots into its pod directory (podinit.py): what it still needs from outside is opened
+   before (cgroup.procs, /dev/null), all else is inside (status, logs, the apps' root filesystems
+   for later handler spawns), and a procfs of the pod's own PID namespace with nothing but its
+   processes (``subset=pid``: no /proc/sys) serves its children's /proc/self. An entering
+   process forks into the pod only after joining the app's mount namespace, so its root and cwd
+   are the app's from its first instruction.
+
+What remains, for a pod granted CAP_SYS_PTRACE: ptrace(2) itself (no seccomp rule blocks it for
+a pod holding that capability). Such a pod can attach to its pod init, which holds every
+capability, and run code there (mount, open_by_handle_at, ...): layer 4 takes away every *path*
+to the host, not that power. Closing it needs the pod init out of the apps' sight (the apps in a
+PID namespace nested below it) or stripped of its capabilities once the apps run; until then
+CAP_SYS_PTRACE is as good as a host grant and must stay an admin's to give."""
 
 from __future__ import annotations
 
 import array
 import contextlib
 import fcntl
+import functools
 import gc
 import itertools
 import json
@@ -49,6 +95,8 @@ POD_NAMESPACES = (
     sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
 )
 _MAX_MESSAGE = 1 << 20
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+_LOCALE = ("LANG", "LC_ALL", "LC_CTYPE")  # the daemon's, so that file names decode the same
 _ENTER_NAMESPACES = ("ipc", "uts", "net", "pid", "mnt")  # mnt last: it changes what /proc is
 
 
@@ -73,7 +121,10 @@ def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = 
 
 def _receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     fds = array.array("i")
-    data, ancillary, _, _ = sock.recvmsg(_MAX_MESSAGE, socket.CMSG_SPACE(16 * fds.itemsize))
+    # close-on-exec from the start: an enter's stdio must reach its command only as 0, 1 and 2
+    data, ancillary, _, _ = sock.recvmsg(
+        _MAX_MESSAGE, socket.CMSG_SPACE(16 * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+    )
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
@@ -84,6 +135,7 @@ def _receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
 
 
 def serve(sock: socket.socket) -> None:
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)  # and so is every child, from fork to exec
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -141,12 +193,27 @@ def _handle(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> Non
             os.close(fd)
 
 
-def _in_child(sock: socket.socket) -> None:
-    """What every forked child does first: forget the launcher's socket and signals."""
+def _in_child(sock: socket.socket, keep: list[int]) -> None:
+    """What every forked child does first: forget the launcher's socket, signals and every
+    other fd but ``keep``, and give up the daemon's stdio for /dev/null."""
     sock.close()
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGCHLD, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
+    _close_all_but([0, 1, 2, *keep])
+    null = os.open("/dev/null", os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(null, target)
+    os.close(null)
+
+
+def _close_all_but(keep: list[int]) -> None:
+    low = 0
+    for fd in sorted(set(keep)):
+        if low < fd:  # closerange(n, n) would close everything from n up
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def _fork_pod(sock: socket.socket, pod_dir: Path, host_network: bool, netns: str | None) -> int:
@@ -157,7 +224,7 @@ def _fork_pod(sock: socket.socket, pod_dir: Path, host_network: bool, netns: str
     if pid == 0:
         code = 1
         try:
-            _in_child(sock)
+            _in_child(sock, keep=[])
             if netns is not None:
                 _join_network(netns)
             code = podinit.main(pod_dir)
@@ -178,7 +245,7 @@ def _fork_enter(sock: socket.socket, message: dict[str, Any], fds: list[int]) ->
     pid = os.fork()
     if pid == 0:
         try:
-            _in_child(sock)
+            _in_child(sock, keep=fds)
             _enter(message, fds)
         finally:
             os._exit(126)
@@ -197,6 +264,7 @@ def _enter(message: dict[str, Any], fds: list[int]) -> NoReturn:
         Path(procs).write_text(str(os.getpid()))
     for name in _ENTER_NAMESPACES:
         sc.setns(namespaces[name])
+        os.close(namespaces[name])
     child = os.fork()  # only a child is born into the pod's PID namespace
     if child == 0:
         try:
@@ -236,10 +304,45 @@ def _become_entered(app: AppSpec, message: dict[str, Any], fds: list[int]) -> No
 
 def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
+    os.close(int(sys.argv[2]))  # the sealed interpreter: /proc/self/exe holds it from now on
     serve(sock)
 
 
 # --- the daemon's side ----------------------------------------------------------------------------
+
+
+@functools.cache
+def sealed_interpreter() -> int:
+    """A memfd holding a copy of this interpreter's binary, sealed against any change: what the
+    launcher runs from (the module docstring says why). Made once per daemon; close-on-exec, so
+    only the launcher, which is handed it, ever holds it."""
+    copy = os.memfd_create("kurmad-python", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    with open(sys.executable, "rb") as binary:
+        size = os.fstat(binary.fileno()).st_size
+        copied = 0
+        while copied < size:
+            sent = os.sendfile(copy, binary.fileno(), copied, size - copied)
+            if sent == 0:
+                raise LauncherError(f"{sys.executable} shrank while it was being copied")
+            copied += sent
+    fcntl.fcntl(copy, fcntl.F_ADD_SEALS, _SEALS)
+    return copy
+
+
+def _interpreter_environment() -> dict[str, str]:
+    """The launcher's whole environment: where the interpreter copy finds what this interpreter
+    found from its own path (the standard library under its prefix, and this sys.path), and the
+    daemon's locale. Nothing else of the daemon's: a pod granted CAP_SYS_PTRACE can read its pod
+    init's /proc/1/environ, and no app needs it (each gets its own environment)."""
+    paths = [os.path.abspath(path) for path in sys.path]
+    for path in paths:
+        if os.pathsep in path:
+            raise LauncherError(f"the Python path entry {path!r} has a {os.pathsep!r} in it")
+    return {
+        **{name: os.environ[name] for name in _LOCALE if name in os.environ},
+        "PYTHONHOME": f"{sys.base_prefix}{os.pathsep}{sys.base_exec_prefix}",
+        "PYTHONPATH": os.pathsep.join(paths),
+    }
 
 
 class Launcher:
@@ -248,11 +351,17 @@ class Launcher:
     def __init__(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = mine
+        interpreter = sealed_interpreter()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "kurmad.runtime.launcher", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
+            [sys.executable, "-S", "-P", "-m", "kurmad.runtime.launcher", str(theirs.fileno()),
+             str(interpreter)],
+            executable=f"/proc/self/fd/{interpreter}",
+            pass_fds=[theirs.fileno(), interpreter],
+            env=_interpreter_environment(),
+            cwd="/",
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # a ctrl-C at the daemon's terminal is not the pods' business
-        )
+        )  # fmt: skip
         theirs.close()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()

@@ -4,7 +4,9 @@ logs, reaps every process of the pod, runs the event handlers, honours a stop re
 grace period, and writes the pod's status (``status.json``) at every change.
 
 It is forked from the launcher (runtime/launcher.py) and so starts with every module it needs
-already imported; it never returns to the launcher's code."""
+already imported; it never returns to the launcher's code. Once the apps' filesystems are set
+up it lives in its pod directory as its root, so that nothing of the host can be reached
+through it (the launcher's docstring, layer 4, says why)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import Any
 from kurmad.linux import syscalls as sc
 from kurmad.linux.proc import reap_all
 
-from .fs import SetupError, setup_app_filesystem
+from .fs import SetupError, enter_root, setup_app_filesystem
 from .logs import LogWriter
 from .process import become_app
 from .rootfs import AppRootfs, mount_app_rootfs
@@ -95,6 +97,8 @@ class PodInit:
         self.error_text: dict[int, bytes] = {}
         self.listeners: dict[int, tuple[socket.socket, _App]] = {}  # tty.sock of terminal apps
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.cgroup_procs = dict(spec.cgroup_procs)  # by leaf; /proc/self/fd/N once in the pod dir
+        self._null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # the apps' stdin
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -104,6 +108,7 @@ class PodInit:
             self._prepare_pod()
             for app in self.apps:
                 self._prepare_app(app)
+            self._leave_the_host()
             for app in self.apps:
                 self._start_app(app)
         except (SetupError, OSError) as err:
@@ -134,7 +139,7 @@ class PodInit:
             Path(procs).write_text(str(os.getpid()))
 
     def spec_cgroup_procs(self, leaf: str) -> list[str]:
-        return list(self.spec.cgroup_procs.get(leaf, []))
+        return list(self.cgroup_procs.get(leaf, []))
 
     def _prepare_app(self, app: _App) -> None:
         app.directory.mkdir(parents=True, exist_ok=True)
@@ -142,7 +147,28 @@ class PodInit:
         app.warnings.extend(
             setup_app_filesystem(str(app.rootfs.path), app.spec, self.pod_dir, self.spec.hosts)
         )
-        app.log = LogWriter(app.directory, self.spec.log_max_bytes, self.spec.log_keep)
+
+    def _leave_the_host(self) -> None:
+        """Make the pod directory this process's root. What is still needed from outside is
+        opened first: the cgroup.procs files (the apps' processes join through /proc/self/fd/N)
+        and /dev/null. A procfs of the pod's PID namespace, with its processes only (no
+        /proc/sys), serves the /proc/self an app's process writes to before it execs."""
+        self.cgroup_procs = {
+            leaf: [f"/proc/self/fd/{os.open(path, os.O_WRONLY | os.O_CLOEXEC)}" for path in paths]
+            for leaf, paths in self.spec.cgroup_procs.items()
+        }
+        outside = self.pod_dir
+        sc.mount(str(outside), outside, None, sc.MS_BIND | sc.MS_REC)  # a mount, for pivot_root
+        (outside / "proc").mkdir(exist_ok=True)
+        sc.mount("proc", outside / "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                 "subset=pid")  # fmt: skip
+        enter_root(str(outside))
+        self.pod_dir = Path("/")
+        for app in self.apps:
+            app.directory = Path("/", app.directory.relative_to(outside))
+            if app.rootfs is not None:
+                inside = Path("/", app.rootfs.path.relative_to(outside))
+                app.rootfs = AppRootfs(inside, app.rootfs.mounted)
 
     # -- apps -----------------------------------------------------------------------------------
 
@@ -159,7 +185,7 @@ class PodInit:
             if slave is not None:
                 _child_terminal(slave)
             else:
-                _child_stdio(out_w, err_w)
+                _child_stdio(self._null, out_w, err_w)
             os.close(fail_r)
             signal.set_wakeup_fd(-1)
             for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -207,6 +233,7 @@ class PodInit:
                 )
 
     def _start_app(self, app: _App) -> None:
+        app.log = LogWriter(app.directory, self.spec.log_max_bytes, self.spec.log_keep)
         app.pid = self._spawn(app, app.spec.exec, app.spec.pre_start, capture=True)
         app.pending = True
         app.state = APP_RUNNING
@@ -384,12 +411,11 @@ def _child_terminal(slave: int) -> None:
         os.close(slave)
 
 
-def _child_stdio(out_w: int, err_w: int) -> None:
-    null = os.open("/dev/null", os.O_RDONLY)
+def _child_stdio(null: int, out_w: int, err_w: int) -> None:
     os.dup2(null, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    for fd in (null, out_w, err_w):
+    for fd in (out_w, err_w):
         if fd > 2:
             os.close(fd)
 
