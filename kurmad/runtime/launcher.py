@@ -67,6 +67,7 @@ import functools
 import gc
 import itertools
 import json
+import logging
 import os
 import select
 import signal
@@ -98,6 +99,9 @@ _MAX_MESSAGE = 1 << 20
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _LOCALE = ("LANG", "LC_ALL", "LC_CTYPE")  # the daemon's, so that file names decode the same
 _ENTER_NAMESPACES = ("ipc", "uts", "net", "pid", "mnt")  # mnt last: it changes what /proc is
+
+
+log = logging.getLogger("kurmad")
 
 
 class LauncherError(Exception):
@@ -143,18 +147,21 @@ def serve(sock: socket.socket) -> None:
     _warm_caches()
     gc.collect()
     gc.freeze()  # what is imported now stays shared with every pod init
-    _send(sock, {"event": "ready", "pid": os.getpid()})
-    while True:
-        readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
-        if wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_r, 4096)
-            _reap_and_report(sock)
-        if sock.fileno() in readable:
-            message, fds = _receive(sock)
-            if message is None:
-                return  # the daemon is gone
-            _handle(sock, message, fds)
+    try:
+        _send(sock, {"event": "ready", "pid": os.getpid()})
+        while True:
+            readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
+            if wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+                _reap_and_report(sock)
+            if sock.fileno() in readable:
+                message, fds = _receive(sock)
+                if message is None:
+                    return  # the daemon is gone
+                _handle(sock, message, fds)
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the daemon went before it heard from us: its pods do not need us
 
 
 def _warm_caches() -> None:
@@ -367,7 +374,6 @@ class Launcher:
         self._lock = threading.Lock()
         self._replies: dict[int, tuple[threading.Event, dict[str, Any]]] = {}
         self._exits: dict[int, tuple[threading.Event, list[int]]] = {}
-        self._exit_listeners: list[Any] = []
         # The new interpreter's start and imports run alongside the daemon's own start: only a
         # first request waits for its "ready" (a boot's API comes up that much sooner).
         self._ready = threading.Event()
@@ -375,40 +381,43 @@ class Launcher:
         self._reader = threading.Thread(target=self._read_loop, name="launcher-events", daemon=True)
         self._reader.start()
 
-    def add_exit_listener(self, listener: Any) -> None:
-        """``listener(pid, status)`` is called for every child the launcher reaps."""
-        self._exit_listeners.append(listener)
-
     def _read_loop(self) -> None:
         while True:
             try:
                 message, fds = _receive(self._sock)
             except OSError:
                 message, fds = None, []
+            except ValueError:  # not JSON: a message that cannot be acted on, not the end
+                log.error("the launcher sent a message that is not JSON")
+                continue
             for fd in fds:
                 os.close(fd)
             if message is None:
                 self._fail_pending()
                 self._ready.set()  # a request then learns that the launcher is gone
                 return
-            if message.get("event") == "ready":
-                self._ready.set()
-            elif message.get("event") == "exit":
-                self._record_exit(int(message["pid"]), int(message["status"]))
-            elif "id" in message:
-                with self._lock:
-                    waiter = self._replies.get(message["id"])
-                if waiter is not None:
-                    waiter[1].update(message)
-                    waiter[0].set()
+            try:
+                self._take(message)
+            except (KeyError, TypeError, ValueError):
+                log.error("the launcher sent a message kurmad cannot read: %.200s", message)
+
+    def _take(self, message: dict[str, Any]) -> None:
+        if message.get("event") == "ready":
+            self._ready.set()
+        elif message.get("event") == "exit":
+            self._record_exit(int(message["pid"]), int(message["status"]))
+        elif "id" in message:
+            with self._lock:
+                waiter = self._replies.get(message["id"])
+            if waiter is not None:
+                waiter[1].update(message)
+                waiter[0].set()
 
     def _record_exit(self, pid: int, status: int) -> None:
         with self._lock:
             event, box = self._exits.setdefault(pid, (threading.Event(), []))
             box.append(status)
         event.set()
-        for listener in list(self._exit_listeners):
-            listener(pid, status)
 
     def _fail_pending(self) -> None:
         with self._lock:

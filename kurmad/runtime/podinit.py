@@ -46,6 +46,8 @@ STARTING, RUNNING, STOPPING, EXITED, STOPPED, FAILED = (
 # app states
 WAITING, APP_RUNNING, APP_EXITED, APP_FAILED = "waiting", "running", "exited", "failed"
 POST_STOP_TIMEOUT = 30.0
+STATUS_RETRY = 0.5  # seconds between tries of a status the disk refused
+FINAL_STATUS_PATIENCE = 10.0  # how long the last status may wait for a full disk
 TTY_SOCKET = "tty.sock"
 # <asm/ioctls.h>: unlock a pty master, and read its number (termios lacks them)
 _TIOCSPTLCK = 0x40045431
@@ -97,6 +99,7 @@ class PodInit:
         self.error_text: dict[int, bytes] = {}
         self.listeners: dict[int, tuple[socket.socket, _App]] = {}  # tty.sock of terminal apps
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._status_unsaved = False
         self.cgroup_procs = dict(spec.cgroup_procs)  # by leaf; /proc/self/fd/N once in the pod dir
         self._null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # the apps' stdin
 
@@ -279,6 +282,8 @@ class PodInit:
                     self._pump(fd)
             self._reap()
             self._check_deadlines()
+            if self._status_unsaved:
+                self._write_status()
 
     def _all_done(self) -> bool:
         return (
@@ -292,6 +297,8 @@ class PodInit:
             for d in [self.kill_deadline, *(a.post_stop_deadline for a in self.apps)]
             if d is not None
         ]
+        if self._status_unsaved:
+            deadlines.append(time.monotonic() + STATUS_RETRY)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _on_signals(self) -> None:
@@ -387,9 +394,15 @@ class PodInit:
         for app in self.apps:
             if app.log is not None:
                 app.log.close()
-        self._write_status(final=True)
+        # The daemon learns the apps' ends from this file alone: a full disk gets some time to
+        # take it (then the pod is reported as ended without its status).
+        deadline = time.monotonic() + FINAL_STATUS_PATIENCE
+        while not self._write_status(final=True) and time.monotonic() < deadline:
+            time.sleep(STATUS_RETRY)
 
-    def _write_status(self, final: bool = False) -> None:
+    def _write_status(self, final: bool = False) -> bool:
+        """Replace status.json; a write the disk refuses is retried at the next turn of the
+        loop (and said False), never the end of the pod init and its apps."""
         status = {
             "state": self.state,
             "reason": self.reason,
@@ -398,8 +411,14 @@ class PodInit:
             "updated_at": time.time(),
         }
         temporary = self.pod_dir / f".{STATUS_FILE}.tmp"
-        temporary.write_text(json.dumps(status))
-        os.replace(temporary, self.pod_dir / STATUS_FILE)
+        try:
+            temporary.write_text(json.dumps(status))
+            os.replace(temporary, self.pod_dir / STATUS_FILE)
+        except OSError:
+            self._status_unsaved = True
+            return False
+        self._status_unsaved = False
+        return True
 
 
 def _child_terminal(slave: int) -> None:
