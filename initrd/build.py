@@ -5,8 +5,8 @@
 What goes in: the Python interpreter this project runs on (its binary, the shared libraries it
 and its extensions link, a pruned standard library compiled to .pyc), kurmad and its
 dependencies, the kernel modules a virtual machine needs with their dependencies (indexed again
-by depmod so that coldplug only ever matches what is here), mkfs.ext4/e2fsck/resize2fs/blkid and
-openssl, a default /etc/kurma.yml, the device nodes the kernel and Python need before devtmpfs,
+by depmod so that coldplug only ever matches what is here), mkfs.ext4/e2fsck/resize2fs/blkid,
+nft, a default /etc/kurma.yml, the device nodes the kernel and Python need before devtmpfs,
 and the base system images. The same inputs give the same bytes: files are compiled without
 timestamps, archived sorted with one mtime, and compressed single-threaded.
 """
@@ -45,11 +45,11 @@ PACKAGES_ZIP = "usr/lib/python3/kurmad-packages.zip"
 # coldplug picks the drivers among them.
 MODULES = ["virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "virtio_rng", "overlay",
            "veth", "bridge", "ext4", "nf_tables", "nft_chain_nat", "nft_nat", "nft_masq", "nft_fib_inet"]  # fmt: skip
+# (Certificates are made with the cryptography package, so no openssl program.)
 PROGRAMS = ["/usr/sbin/mke2fs", "/usr/sbin/e2fsck", "/usr/sbin/resize2fs", "/usr/sbin/blkid",
-            "/usr/bin/openssl", "/usr/sbin/ldconfig", "/usr/sbin/nft"]  # fmt: skip
-PROGRAM_LINKS = {"usr/sbin/mkfs.ext4": "mke2fs", "usr/lib/ssl/openssl.cnf": "/etc/ssl/openssl.cnf"}
-ETC_FILES = ["/etc/mke2fs.conf", "/etc/ld.so.conf", "/etc/ld.so.conf.d/x86_64-linux-gnu.conf",
-             "/etc/ssl/openssl.cnf"]  # fmt: skip
+            "/usr/sbin/ldconfig", "/usr/sbin/nft"]  # fmt: skip
+PROGRAM_LINKS = {"usr/sbin/mkfs.ext4": "mke2fs"}
+ETC_FILES = ["/etc/mke2fs.conf", "/etc/ld.so.conf", "/etc/ld.so.conf.d/x86_64-linux-gnu.conf"]
 # Loaded with ctypes, so no ELF file names them: pyudev's libudev.
 CTYPES_LIBRARIES = ["/lib/x86_64-linux-gnu/libudev.so.1"]
 # What no kurmad host runs: GUIs, tests, packaging, the interactive help, old formats.

@@ -140,7 +140,8 @@ def test_a_pod_attacking_through_proc_while_it_is_entered_reaches_no_host_file(
         capabilities = [*DEFAULT_CAPABILITIES, "CAP_SYS_PTRACE"]
         isolators = [{"name": "os/linux/capabilities-retain-set", "value": {"set": capabilities}}]
     pod = manager.create(
-        pod_manifest(image_id, ATTACKER, {"MARKER": str(marker)}, isolators=isolators)
+        pod_manifest(image_id, ATTACKER, {"MARKER": str(marker)}, isolators=isolators),
+        allow_privileged=ptrace,  # CAP_SYS_PTRACE is beyond the default set: an admin's grant
     )
     manager.start(pod.uuid)
     try:

@@ -12,7 +12,9 @@ from pathlib import Path
 import zstandard
 from vmkit import BUILD, INITRAMFS, REPO
 
-MAX_BYTES = 25 * 10**6
+# The budget of the density issue (32 MB): the cryptography package that certificates and
+# (later) signatures need brought the image from 23.5 to about 27 MiB.
+MAX_BYTES = 32 * 10**6
 
 
 def cpio_members(data: bytes) -> dict[str, tuple[int, bytes]]:
