@@ -204,7 +204,9 @@ def zip_tree(directory: Path, archive: Path, members: list[Path]) -> None:
 
 
 def has_extensions(path: Path) -> bool:
-    return path.is_dir() and any(path.rglob("*.so"))
+    """Whether ``path`` (a package, or a module such as cffi's _cffi_backend.so) holds compiled
+    code, which Python cannot import from inside a zip."""
+    return path.suffix == ".so" or (path.is_dir() and any(path.rglob("*.so")))
 
 
 def strip(path: Path) -> None:
