@@ -6,6 +6,7 @@ certificates that carry the role are in test_auth.py)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -165,3 +166,19 @@ def test_device_nodes_come_only_through_the_device_isolator(env) -> None:
     with pytest.raises(Exception, match="not a device node"):
         manager.create(pod(plain.id, isolators(("kurmad.io/devices", {"devices": [{"path": "/dev/shm"}]}))),
                        allow_privileged=True)  # fmt: skip
+
+
+def test_the_api_socket_isolator_gives_an_admins_pod_the_socket(env) -> None:
+    manager, plain, _, root = env
+    path = root / "state" / "kurmad.sock"
+    path.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)
+        made = manager.create(pod(plain.id, {"exec": ["/bin/sh", "-c", "test -S /run/kurmad.sock && echo socket"],
+                                             **isolators(("kurmad.io/api-socket", {"path": "/run/kurmad.sock"}))}),
+                              allow_privileged=True)  # fmt: skip
+        manager.start(made.uuid)
+        manager.wait(made.uuid, 20)
+        assert [r.line for r in manager.logs(made.uuid)] == [b"socket"]
+        manager.remove(made.uuid)
