@@ -485,18 +485,23 @@ class PodManager:
         _apply_limits(pod, limits)
         if self._pids_limit is not None:
             pod.set_pids_limit(self._pids_limit)
-        # The pod's list holds every app's devices, and is set before its leaves exist (a v1
-        # child starts from its parent's list); each leaf then narrows it to its own.
-        pod.set_devices([*DEFAULT_DEVICES, *(r for app in apps for r in _device_rules(app))])
-        procs = {"init": self._leaf(pod, "init", Limits(), [])}
+        # The pod's list holds every app's devices, and is set before its leaves exist: a v1
+        # child starts from its parent's list, and a v2 pod's program bounds every leaf. A leaf
+        # whose own list is narrower (an app given fewer devices than another) narrows it.
+        union = frozenset([*DEFAULT_DEVICES, *(r for app in apps for r in _device_rules(app))])
+        pod.set_devices(sorted(union, key=DeviceRule.to_text))
+        procs = {"init": self._leaf(pod, "init", Limits(), union, [])}
         for app in apps:
-            procs[app.name] = self._leaf(pod, app.name, app.limits, _device_rules(app))
+            procs[app.name] = self._leaf(pod, app.name, app.limits, union, _device_rules(app))
         return procs
 
-    def _leaf(self, pod: Cgroup, name: str, limits: Limits, devices: list[DeviceRule]) -> list[str]:
+    def _leaf(self, pod: Cgroup, name: str, limits: Limits, pods_devices: frozenset[DeviceRule],
+              devices: list[DeviceRule]) -> list[str]:  # fmt: skip
         leaf = self._cgroups.create(f"{pod.relative}/{name}")
         _apply_limits(leaf, limits)
-        leaf.set_devices([*DEFAULT_DEVICES, *devices])
+        own = frozenset([*DEFAULT_DEVICES, *devices])
+        if own != pods_devices:
+            leaf.set_devices(sorted(own, key=DeviceRule.to_text))
         return [str(d / "cgroup.procs") for d in leaf.all_dirs]
 
     @staticmethod
