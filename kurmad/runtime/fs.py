@@ -123,9 +123,13 @@ def _mount_proc_and_sys(rootfs: str) -> None:
 def _mask_paths(rootfs: str) -> None:
     for path in MASKED_PATHS:
         target = os.path.join(rootfs, path.lstrip("/"))  # in the fresh /proc and /sys: no links
-        if os.path.isdir(target) and not os.path.islink(target):
+        try:
+            kind = os.lstat(target).st_mode
+        except FileNotFoundError:
+            continue  # this kernel has no such file
+        if stat.S_ISDIR(kind):
             sc.mount("tmpfs", target, "tmpfs", _NO_EXEC | sc.MS_RDONLY, "size=0,mode=0555")
-        elif os.path.exists(target):
+        elif not stat.S_ISLNK(kind):
             _bind_node("/dev/null", target, sc.MS_RDONLY)
 
 
