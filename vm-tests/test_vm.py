@@ -96,7 +96,7 @@ def test_an_image_on_the_data_disk_survives_a_reboot(vm: Booted, tmp_path: Path)
     reboot = vm.kurmactl("host", "reboot")
     assert reboot.returncode == 0, reboot.stderr
     vm.wait_down()
-    after = vm.wait_booted(newer_than=before.uptime_seconds)
+    after = vm.wait_booted(after=before)
     assert all(s.ok for s in after.boot_stages), [s for s in after.boot_stages if not s.ok]
     listed = vm.kurmactl("image", "list", "-o", "json")
     assert SURVIVOR in listed.stdout

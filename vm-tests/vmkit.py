@@ -43,13 +43,15 @@ class Booted:
         with self.client(timeout=5) as client:
             return client.info()
 
-    def wait_booted(self, newer_than: float | None = None) -> pb.HostInfo:
-        """Host.Info once every boot stage has run (and, after a reboot, from the new boot)."""
+    def wait_booted(self, after: pb.HostInfo | None = None) -> pb.HostInfo:
+        """Host.Info once every boot stage has run (and, given the Host.Info of an earlier
+        boot, from a later boot: its first stage started later. Uptimes cannot tell: a slow
+        second boot can be older than the first was when it was asked)."""
 
         def finished() -> pb.HostInfo | None:
             info = self.info()
             done = any(s.name == "system-pods" for s in info.boot_stages)
-            fresh = newer_than is None or info.uptime_seconds < newer_than
+            fresh = after is None or _booted_at(info) > _booted_at(after)
             return info if done and fresh else None
 
         return self.vm.wait_for(finished, BOOT_TIMEOUT, "a booted kurmad")  # type: ignore[return-value]
@@ -74,3 +76,7 @@ def boot(workdir: Path, *, data: bool, append: str = "") -> Booted:
             disks=disks, append=append, monitor=workdir / "monitor.sock",
             forwards={free_port(): WEB_PORT})  # fmt: skip
     return Booted(vm.start(), admin, workdir)
+
+
+def _booted_at(info: pb.HostInfo) -> float:
+    return min((s.started_at for s in info.boot_stages), default=0.0)
