@@ -718,7 +718,7 @@ def test_ignored_isolators_are_reported(env) -> None:
     pod = create(manager, manifest([app("main", image.id, "true", app={"isolators": [
         isolator("example.com/ponies", 1), isolator("resource/network-bandwidth", {"default": True, "limit": "1M"}),
         isolator("resource/memory", {"limit": "1G"})]})]))  # fmt: skip
-    report = pod.apps[0].isolators
+    report = pod.apps[0].isolators.to_json()
     assert "resource/memory" in report["enforced"]
     ignored = {i["name"]: i["reason"] for i in report["ignored"]}
     assert ignored["example.com/ponies"] == "unknown isolator"

@@ -118,12 +118,14 @@ def test_bad_network_definitions_are_named(configs: list[dict[str, object]], mes
         check_network_configs(configs)
 
 
-def test_a_pods_resolv_conf_leaves_out_loopback_resolvers() -> None:
-    from kurmad.pods.manager import _without_loopback
+def test_a_pods_resolv_conf_leaves_out_loopback_resolvers(tmp_path: Path) -> None:
+    from kurmad.runtime.etc import resolv_conf
 
     host = b"# from the host\nnameserver 127.0.0.53\nnameserver 10.0.2.3\nnameserver ::1\nnameserver\nsearch lan\n"
+    (tmp_path / "resolv.conf").write_bytes(host)
     assert (
-        _without_loopback(host) == b"# from the host\nnameserver 10.0.2.3\nnameserver\nsearch lan\n"
+        resolv_conf(tmp_path / "resolv.conf", host_network=False)
+        == b"# from the host\nnameserver 10.0.2.3\nnameserver\nsearch lan\n"
     )
 
 

@@ -6,6 +6,7 @@ import json
 
 from kurmad.host.info import HostInfo
 from kurmad.images.store import ImageRecord
+from kurmad.net.plan import NetworkPlan
 from kurmad.pods.events import Event
 from kurmad.pods.model import AppStatus, Pod, PodState
 
@@ -22,22 +23,19 @@ POD_STATES = {
 
 
 def app_status(app: AppStatus) -> pb.AppStatus:
-    report = app.isolators or {}
+    report = app.isolators
     message = pb.AppStatus(
         name=app.name,
         image_id=app.image_id,
-        state=app.state,
+        state=app.state.value,
         signal=app.signal or "",
         reason=app.reason or "",
         started_at=app.started_at or 0.0,
         finished_at=app.finished_at or 0.0,
         warnings=app.warnings,
         isolators=pb.IsolatorReport(
-            enforced=report.get("enforced", []),
-            ignored=[
-                pb.IgnoredIsolator(name=i["name"], reason=i["reason"])
-                for i in report.get("ignored", [])
-            ],
+            enforced=report.enforced,
+            ignored=[pb.IgnoredIsolator(name=i.name, reason=i.reason) for i in report.ignored],
         ),
     )
     if app.exit_code is not None:
@@ -46,6 +44,7 @@ def app_status(app: AppStatus) -> pb.AppStatus:
 
 
 def pod(value: Pod) -> pb.Pod:
+    plan = value.network or NetworkPlan()
     return pb.Pod(
         uuid=value.uuid,
         name=value.name,
@@ -57,10 +56,9 @@ def pod(value: Pod) -> pb.Pod:
         stopping=value.stopping,
         apps=[app_status(a) for a in value.apps],
         manifest_json=value.manifest_json or json.dumps(value.manifest.to_json()),
-        networks=[pb.PodNetwork(name=n["name"], interface=n.get("ifname", ""), address=n.get("address", ""),
-                                gateway=n.get("gateway", "")) for n in (value.network or {}).get("networks", [])],
-        ports=[pb.PortMapping(host_port=p["host_port"], port=p["port"], protocol=p["protocol"])
-               for p in (value.network or {}).get("ports", [])],
+        networks=[pb.PodNetwork(name=n.name, interface=n.ifname, address=n.address, gateway=n.gateway)
+                  for n in plan.networks],
+        ports=[pb.PortMapping(host_port=p.host_port, port=p.port, protocol=p.protocol) for p in plan.ports],
     )  # fmt: skip
 
 

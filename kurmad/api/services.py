@@ -4,13 +4,9 @@ image store and host that everything else uses (the API is the only door)."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import os
 import select
-import socket
-import struct
-import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -21,11 +17,11 @@ import grpc
 from kurmad.appc import PodManifest, loads
 from kurmad.host.control import Host
 from kurmad.images.store import ImageStore
+from kurmad.linux import tty
 from kurmad.pods.builder import RunRequest, manifest_for_run
 from kurmad.pods.events import EventBus
 from kurmad.pods.manager import PodManager
-from kurmad.pods.model import Pod, PodConflict, PodState
-from kurmad.runtime.podinit import TTY_SOCKET
+from kurmad.pods.model import Pod, PodState
 
 from . import auth, convert, limits
 from .errors import BadRequest, handled, handled_stream
@@ -151,9 +147,11 @@ class PodsService(rpc.PodsServicer):
                     os.close(fd)
             session = _Session(stdin=in_w, stdout=out_r, stderr=err_r, terminal=False)
         yield from session.run(requests, context)
+        code = _exit_code_while_wanted(self.manager, entered.pid, 30, context)
+        if code is None:
+            self.manager.forget_enter(entered.pid)  # nobody will ask for it again
         if not context.is_active():
             return  # the client has gone: nobody to tell the exit code to
-        code = _exit_code_while_wanted(self.manager, entered.pid, 30, context)
         yield pb.ExecResponse(exit_code=code if code is not None else 255)
 
     @handled_stream
@@ -167,7 +165,7 @@ class PodsService(rpc.PodsServicer):
             )
         assert first is not None
         start = first.start
-        master = _terminal_of(self.manager, start.ref, start.app or None)
+        master = self.manager.attach(start.ref, start.app or None)
         if start.size.rows:
             _resize(master, start.size)
         session = _Session(stdin=master, stdout=master, stderr=None, terminal=True)
@@ -203,23 +201,6 @@ def _run_request(run: pb.RunSpec) -> RunRequest:
     )  # fmt: skip
 
 
-def _terminal_of(manager: PodManager, ref: str, app: str | None) -> int:
-    """The master side of a terminal app's pty, handed over by its pod init."""
-    pod = manager.get(ref)
-    name = app or pod.apps[0].name
-    path = manager.root / pod.uuid / "apps" / name / TTY_SOCKET
-    if not path.exists():
-        raise PodConflict(f"app {name} of pod {pod.name} has no terminal (run it with -t)")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.settimeout(5)
-        connection.connect(str(path))
-        _, ancillary, _, _ = connection.recvmsg(1, socket.CMSG_SPACE(4))
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            return int.from_bytes(data[:4], "little", signed=True)
-    raise PodConflict(f"app {name} of pod {pod.name}: its terminal could not be had")
-
-
 def _as_exec_requests(requests: Iterator[pb.AttachRequest]) -> Iterator[pb.ExecRequest]:
     for request in requests:
         if request.HasField("stdin"):
@@ -229,7 +210,7 @@ def _as_exec_requests(requests: Iterator[pb.AttachRequest]) -> Iterator[pb.ExecR
 
 
 def _resize(fd: int, size: pb.TerminalSize) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.columns, 0, 0))
+    tty.set_window_size(fd, size.rows, size.columns)
 
 
 def _ready(fds: list[int], events: int, timeout: float) -> list[int]:

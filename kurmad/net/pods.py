@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import socket
 import threading
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from .cni import CniError, CniNetwork, CniResult
 from .config import HOST, NONE, NetworkError, check_network_configs
 from .instance import Instance
 from .ipam import IpamError
+from .plan import Attachment, NetworkPlan, PublishedPort
 from .ports import PortRequest
 
 
@@ -61,9 +62,7 @@ class PodNetworks:
                 )
         self.default = default or (configs[0]["name"] if configs else NONE)
         self.ports_file = state_dir / "networks" / "ports.json"
-        self._ports: dict[str, dict[str, Any]] = (
-            read_json(self.ports_file) if self.ports_file.exists() else {}
-        )
+        self._ports: dict[str, PublishedPort] = self._load_ports()
         self._lock = threading.RLock()
         self._addresses: dict[str, str] = {}  # wired pod -> its first address, for port forwards
 
@@ -86,32 +85,33 @@ class PodNetworks:
                 raise NetworkError(f"networks: no network named {name} (known: {known})")
         return names
 
-    def plan(self, pod_uuid: str, names: list[str], ports: list[PortRequest]) -> dict[str, Any]:
+    def plan(self, pod_uuid: str, names: list[str], ports: list[PortRequest]) -> NetworkPlan:
         """Lease the addresses and reserve the host ports of a new pod, or hold nothing and
         raise NetworkError."""
         if ports and names in ([NONE], [HOST]):
             raise NetworkError(f"ports: a pod on network {names[0]} cannot publish ports")
-        plan: dict[str, Any] = {"networks": [], "ports": []}
         try:
-            for index, name in enumerate(names if names not in ([NONE], [HOST]) else []):
-                entry = {"name": name, "ifname": f"eth{index}", "index": index}
-                if name in self.bridges:
-                    entry["address"] = self.bridges[name].ipam.allocate(pod_uuid)
-                plan["networks"].append(entry)
-            plan["ports"] = self._reserve_ports(pod_uuid, ports)
+            networks = tuple(
+                Attachment(name, f"eth{index}", index, self._lease(pod_uuid, name))
+                for index, name in enumerate(names if names not in ([NONE], [HOST]) else [])
+            )
+            return NetworkPlan(networks, self._reserve_ports(pod_uuid, ports))
         except (IpamError, NetworkError) as err:
             self.release(pod_uuid)
             raise NetworkError(str(err)) from None
-        return plan
 
-    def _reserve_ports(self, pod_uuid: str, ports: list[PortRequest]) -> list[dict[str, Any]]:
+    def _lease(self, pod_uuid: str, network: str) -> str:
+        """A bridge network's address for the pod; a CNI network's comes from its plugins."""
+        return self.bridges[network].ipam.allocate(pod_uuid) if network in self.bridges else ""
+
+    def _reserve_ports(self, pod_uuid: str, ports: list[PortRequest]) -> tuple[PublishedPort, ...]:
         elsewhere = self._ports_of_other_instances() if ports else {}
         with self._lock:
             for request in ports:
                 holder = self._ports.get(request.key)
-                if holder is not None and holder["pod"] != pod_uuid:
+                if holder is not None and holder.pod != pod_uuid:
                     raise NetworkError(
-                        f"ports: host port {request.key} is published by pod {holder['pod']} already"
+                        f"ports: host port {request.key} is published by pod {holder.pod} already"
                     )
                 if request.key in elsewhere:
                     raise NetworkError(
@@ -119,9 +119,11 @@ class PodNetworks:
                         f"instance already (table inet {elsewhere[request.key]})"
                     )
                 _check_port_free(request)
-            reserved = [{"pod": pod_uuid, **asdict(r)} for r in ports]
-            for request, entry in zip(ports, reserved, strict=True):
-                self._ports[request.key] = entry
+            reserved = tuple(
+                PublishedPort(pod_uuid, r.protocol, r.host_port, r.port) for r in ports
+            )
+            for entry in reserved:
+                self._ports[entry.key] = entry
             self._save_ports()
         return reserved
 
@@ -131,69 +133,74 @@ class PodNetworks:
         except firewall.FirewallError as err:
             raise NetworkError(f"ports: {err}") from None
 
+    def _load_ports(self) -> dict[str, PublishedPort]:
+        if not self.ports_file.exists():
+            return {}
+        try:
+            saved = read_json(self.ports_file)
+            return {
+                key: PublishedPort.from_json(entry, f"ports[{key}]") for key, entry in saved.items()
+            }
+        except (ValueError, AttributeError) as err:
+            raise NetworkError(f"{self.ports_file}: {err}") from None
+
     def _save_ports(self) -> None:
         self.ports_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.ports_file, self._ports)
+        write_json_atomic(self.ports_file, {key: p.to_json() for key, p in self._ports.items()})
 
     # -- start: wiring ---------------------------------------------------------------------------------
 
-    def wire(self, pod_uuid: str, namespace: Path, plan: dict[str, Any]) -> None:
-        """Make the namespace file and wire it; on failure unwire what was done and raise."""
+    def wire(self, pod_uuid: str, namespace: Path, plan: NetworkPlan) -> NetworkPlan:
+        """Make the namespace file and wire it: the plan as wired (gateways, what CNI said). On
+        failure unwire what was done and raise."""
         netns.create(namespace)
         try:
             with IPRoute() as ipr:
-                for entry in plan["networks"]:
-                    self._attach(ipr, pod_uuid, namespace, entry, default_route=entry["index"] == 0)
-            first = first_address(plan)
+                for entry in plan.networks:
+                    # the plan so far, so that a failure unwires exactly what was attempted
+                    plan = plan.with_attachment(replace(entry, attempted=entry.name in self.cni))
+                    plan = plan.with_attachment(self._attach(ipr, pod_uuid, namespace, entry))
+            first = plan.first_address()
             if first:
                 with self._lock:
                     self._addresses[pod_uuid] = first
-            if plan.get("ports"):
+            if plan.ports:
                 self._sync_firewall()
         except (NetworkSetupError, CniError, NetlinkError, OSError, firewall.FirewallError) as err:
             self.unwire(pod_uuid, namespace, plan)
             raise NetworkError(f"pod {pod_uuid}: {err}") from None
+        return plan
 
     def _attach(
-        self,
-        ipr: IPRoute,
-        pod_uuid: str,
-        namespace: Path,
-        entry: dict[str, Any],
-        default_route: bool,
-    ) -> None:
-        name = entry["name"]
-        if name in self.bridges:
-            bridge = self.bridges[name]
-            bridge.attach(ipr, pod_uuid, entry["index"], namespace, entry["ifname"],
-                          entry["address"], default_route)  # fmt: skip
-            entry["gateway"] = bridge.gateway
-        else:
-            entry["attempted"] = True  # a failed ADD still wants its DEL (the CNI spec)
-            result = self.cni[name].add(pod_uuid, str(namespace), entry["ifname"])
-            entry["cni"] = result.to_json()
-            addresses = result.addresses_on(entry["ifname"]) or [ip.address for ip in result.ips]
-            entry["address"] = addresses[0] if addresses else ""
+        self, ipr: IPRoute, pod_uuid: str, namespace: Path, entry: Attachment
+    ) -> Attachment:
+        """Wire one network; its first has the default route."""
+        if entry.name in self.bridges:
+            bridge = self.bridges[entry.name]
+            bridge.attach(ipr, pod_uuid, entry.index, namespace, entry.ifname, entry.address,
+                          default_route=entry.index == 0)  # fmt: skip
+            return replace(entry, gateway=bridge.gateway)
+        result = self.cni[entry.name].add(pod_uuid, str(namespace), entry.ifname)
+        addresses = result.addresses_on(entry.ifname) or [ip.address for ip in result.ips]
+        return replace(entry, cni=result.to_json(), attempted=True,
+                       address=addresses[0] if addresses else "")  # fmt: skip
 
-    def unwire(self, pod_uuid: str, namespace: Path, plan: dict[str, Any]) -> list[str]:
+    def unwire(self, pod_uuid: str, namespace: Path, plan: NetworkPlan) -> list[str]:
         """Undo the wiring: the CNI plugins' DEL, then the namespace file. Letting go of the
         namespace takes its veths with it (the kernel destroys them once the namespace is
         gone, without the ~15 ms wait a deletion costs; a veth never outlives a failed attach,
         which deletes it itself). Goes on past errors, returns them."""
         problems = []
-        for entry in reversed(plan.get("networks", [])):
-            attempted, result = entry.pop("attempted", False), entry.pop("cni", None)
-            if entry["name"] in self.cni and (result or attempted):
-                previous = CniResult.from_json(result) if result else None
+        for entry in reversed(plan.networks):
+            if entry.name in self.cni and (entry.cni or entry.attempted):
+                previous = CniResult.from_json(entry.cni) if entry.cni else None
                 try:
-                    self.cni[entry["name"]].delete(
-                        pod_uuid, str(namespace), entry["ifname"], previous
-                    )
+                    self.cni[entry.name].delete(pod_uuid, str(namespace), entry.ifname, previous)
                 except CniError as err:
-                    problems.append(f"network {entry['name']}: {err}")
+                    problems.append(f"network {entry.name}: {err}")
         netns.remove(namespace)
         with self._lock:
-            had_ports = self._addresses.pop(pod_uuid, None) is not None and bool(plan.get("ports"))
+            had_ports = self._addresses.pop(pod_uuid, None) is not None and bool(plan.ports)
         if had_ports:
             try:
                 self._sync_firewall()
@@ -208,7 +215,7 @@ class PodNetworks:
         for bridge in self.bridges.values():
             bridge.ipam.release(pod_uuid)
         with self._lock:
-            mine = [k for k, v in self._ports.items() if v["pod"] == pod_uuid]
+            mine = [k for k, v in self._ports.items() if v.pod == pod_uuid]
             for key in mine:
                 del self._ports[key]
             if mine:
@@ -217,7 +224,7 @@ class PodNetworks:
             if mine and self._addresses.pop(pod_uuid, None) is not None:
                 self._sync_firewall()
 
-    def reconcile(self, live: dict[str, dict[str, Any]]) -> list[str]:
+    def reconcile(self, live: dict[str, NetworkPlan]) -> list[str]:
         """After a (re)start: claim the bridges (BridgeInUse, with nothing changed, if one is
         another's), forget what belongs to pods that no longer exist, remove this instance's
         host veths that no pod owns, and write its table from what remains. ``live`` maps each
@@ -232,7 +239,7 @@ class PodNetworks:
             released = bridge.ipam.release_unless(set(live))
             done += [f"released {a} on {bridge.spec.name}" for a in released]
         with self._lock:
-            stale = [k for k, v in self._ports.items() if v["pod"] not in live]
+            stale = [k for k, v in self._ports.items() if v.pod not in live]
             for key in stale:
                 del self._ports[key]
             if stale:
@@ -241,7 +248,7 @@ class PodNetworks:
         done += self._remove_stray_veths({p.replace("-", "")[:POD_DIGITS] for p in live})
         with self._lock:
             self._addresses = {
-                pod: first for pod, plan in live.items() if (first := first_address(plan))
+                pod: first for pod, plan in live.items() if (first := plan.first_address())
             }
         if self.bridges or self._ports:
             self._sync_firewall()
@@ -278,19 +285,12 @@ class PodNetworks:
             if b.spec.masquerade
         ]
         with self._lock:
-            forwards = [firewall.Forward(v["protocol"], v["host_port"], self._addresses[v["pod"]], v["port"], v["pod"])
-                        for v in self._ports.values() if v["pod"] in self._addresses]  # fmt: skip
+            forwards = [firewall.Forward(v.protocol, v.host_port, self._addresses[v.pod], v.port, v.pod)
+                        for v in self._ports.values() if v.pod in self._addresses]  # fmt: skip
         if masquerades or forwards:
             firewall.replace(self.instance.table, masquerades, forwards)
         else:
             firewall.remove(self.instance.table)
-
-
-def first_address(plan: dict[str, Any]) -> str:
-    """The pod's address on its first network that has one, without the prefix ('' if none)."""
-    return next(
-        (n["address"].split("/")[0] for n in plan.get("networks", []) if n.get("address")), ""
-    )
 
 
 def _check_port_free(request: PortRequest) -> None:

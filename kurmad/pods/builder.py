@@ -8,7 +8,6 @@ import itertools
 import os
 import stat
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from kurmad.appc import (
     ACName,
@@ -40,6 +39,7 @@ from kurmad.runtime.isolators import (
     limits_of,
     sysctls_of,
 )
+from kurmad.runtime.layout import PodDir
 from kurmad.runtime.spec import AppSpec, Limits, MountSpec, SocketSpec
 
 from .model import InvalidPod
@@ -284,7 +284,7 @@ def _check_host_source(volume: Volume, where: str) -> None:
 
 
 def app_spec(
-    resolved: ResolvedApp, store: ImageStore, pod_dir: Path, api_socket: str | None = None
+    resolved: ResolvedApp, store: ImageStore, pod_dir: PodDir, api_socket: str | None = None
 ) -> AppSpec:
     """What the executor needs to run one app (renders its image now); ``api_socket`` is the
     host's API socket, for an app that asked for it (kurmad.io/api-socket)."""
@@ -343,17 +343,11 @@ def environment(app_name: str, app: App) -> dict[str, str]:
     return env
 
 
-def _mount_spec(mount: AppMount, pod_dir: Path) -> MountSpec:
+def _mount_spec(mount: AppMount, pod_dir: PodDir) -> MountSpec:
     volume = mount.volume
-    source = (
-        volume.source if volume.kind == KIND_HOST else str(empty_volume_dir(pod_dir, volume.name))
-    )
+    source = volume.source if volume.kind == KIND_HOST else str(pod_dir.volume(volume.name))
     assert source is not None
     return MountSpec(source, mount.path, mount.read_only, volume.effective_recursive)
-
-
-def empty_volume_dir(pod_dir: Path, name: str) -> Path:
-    return pod_dir / "volumes" / name
 
 
 def held_images(resolved: ResolvedPod, store: ImageStore) -> set[ImageID]:

@@ -1,48 +1,45 @@
-"""The pod manager: create, start, stop, remove, wait, logs and enter; every state change
-written to disk atomically (``pods/<uuid>/pod.json``) and recovered after a restart.
+"""The pod manager: create, start, stop, remove, wait, logs, attach and enter; every state change
+written to disk (the pod's record, pods/records.py) and recovered after a restart.
 
 Lifecycle: NEW -create-> STARTING -start-> RUNNING -> EXITED (the apps ended by themselves),
 STOPPED (stopped on request) or FAILED (an app could not start, or setup failed). The pod init
-(runtime/podinit.py) reports the apps' states in ``status.json``; the manager watches the pod
-init with a pidfd and settles the pod's final state when it ends."""
+(runtime/podinit.py) reports the apps' states in its status file (runtime/status.py); the
+manager watches the pod init with a pidfd and settles the pod's final state when it ends. Where
+each pod's files are is runtime/layout.py's to say."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import uuid as uuid_module
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from kurmad.appc import ACName, PodManifest, ValidationError
 from kurmad.appc.volumes import KIND_EMPTY
 from kurmad.images.store import ImageNotFound, ImageStore
-from kurmad.linux.cgroups import DEFAULT_DEVICES, Cgroup, CgroupDriver, CgroupError, DeviceRule
-from kurmad.linux.files import read_json, remove_tree, write_json_atomic
+from kurmad.linux.cgroups import Cgroup, CgroupError
+from kurmad.linux.fds import receive_with_fds
+from kurmad.linux.files import remove_tree, write_json_atomic
 from kurmad.linux.proc import child_with_namespace_pid, start_time
 from kurmad.net import netns
-from kurmad.net.pods import NetworkError, PodNetworks, first_address
+from kurmad.net.plan import NetworkPlan
+from kurmad.net.pods import NetworkError, PodNetworks
+from kurmad.runtime import etc
+from kurmad.runtime.cgroup_tree import PodCgroups
 from kurmad.runtime.launcher import Entered, Launcher, LauncherError
+from kurmad.runtime.layout import QUARANTINE, REMOVING, PodDir, PodsDir
 from kurmad.runtime.logs import LogRecord, read_logs
-from kurmad.runtime.spec import (
-    DEFAULT_PIDS_LIMIT,
-    SPEC_FILE,
-    STATUS_FILE,
-    STOP_FILE,
-    AppSpec,
-    Limits,
-    PodSpec,
-)
+from kurmad.runtime.spec import DEFAULT_PIDS_LIMIT, PodSpec
+from kurmad.runtime.status import AppState, InitState, InitStatus, read_status
 
-from .builder import ResolvedPod, app_spec, empty_volume_dir, held_images, resolve_pod
+from .builder import ResolvedPod, app_spec, held_images, resolve_pod
 from .events import EventBus
 from .model import (
     AppStatus,
@@ -56,63 +53,13 @@ from .model import (
     PodStorageError,
 )
 from .privileges import HostPolicy, check_pod
+from .records import PodRecord, RecordWriter, check_loadable, load_record, write_record
 from .watcher import PidWatcher
 
-POD_FILE = "pod.json"
-QUARANTINE = ".quarantine"  # pods whose record could not be read, kept aside for a person
 DEFAULT_GRACE = 10.0
-SAVE_RETRY_SECONDS = 1.0
 # how long start() waits for the apps to be running (pre-start handlers can take a while)
 START_TIMEOUT = 30.0
 log = logging.getLogger("kurmad")
-NETNS_FILE = "netns"  # the pod's network namespace, bind-mounted, while it is wired
-_HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-
-
-@dataclass
-class _Record:
-    """A pod as kept on disk (pod.json)."""
-
-    uuid: str
-    name: str
-    created_at: float
-    manifest: dict[str, Any]
-    state: PodState = PodState.NEW
-    reason: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    pid: int | None = None  # the pod init, in the host's PID namespace
-    pid_start: int | None = None  # its start time, to tell it from a reused PID
-    stop_requested: bool = False
-    apps: list[dict[str, Any]] = field(default_factory=list)
-    isolators: dict[str, Any] = field(default_factory=dict)
-    network: dict[str, Any] | None = None  # its networks, addresses and ports (net/pods.py)
-    # Made by a request that also starts it: if kurmad stops before the pod init runs, the
-    # pod is rolled back at the next start (the caller never heard it was made).
-    rollback: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")} | {
-            "state": self.state.value
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> _Record:
-        """A record from pod.json, every part checked (ValueError, KeyError or TypeError for
-        one that is not), so that a record in memory can always be shown."""
-        record = cls(**{**data, "state": PodState(data["state"])})
-        for app in record.apps:
-            AppStatus(**app)
-        _ = record._parsed_manifest
-        return record
-
-    @functools.cached_property
-    def _parsed_manifest(self) -> PodManifest:
-        return PodManifest.from_json(self.manifest)
-
-    @functools.cached_property
-    def _manifest_json(self) -> str:
-        return json.dumps(self.manifest)
 
 
 class PodManager:
@@ -130,47 +77,40 @@ class PodManager:
         pids_limit: int | None = DEFAULT_PIDS_LIMIT,
     ) -> None:
         self.root = state_dir / "pods"
+        self.layout = PodsDir(self.root)
         self.events = events or EventBus()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)  # pod records and logs hold secrets (environments)
         self.store = store
         policy = host_policy or HostPolicy()
         self.host_policy = replace(policy, protected=(str(state_dir.resolve()), *policy.protected))
-        self._pids_limit = pids_limit
         self.quarantined: list[str] = []  # pod directories that could not be loaded, and why
-        self._unsaved: set[str] = set()  # pods whose last change is not on disk yet
-        self._cgroups = CgroupDriver(cgroup_parent)
-        self._cgroup_parent = cgroup_parent
+        self._cgroups = PodCgroups(cgroup_parent, pids_limit)
         self._resolv_conf = resolv_conf
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._records: dict[str, _Record] = {}
+        self._records: dict[str, PodRecord] = {}
         self._resolved: dict[str, ResolvedPod] = {}  # from create, so start need not resolve again
+        self._writer = RecordWriter(self.layout.pod, self._report_unsaved, self._lock)
         self._launcher = launcher or Launcher()
         self._watcher = PidWatcher(self._on_pod_init_exit)
         self.networks = networks
         self._recover()
         for line in self.reconcile_networks():
             log.info("networks: %s", line)
-        self._closing = threading.Event()
-        self._saver = threading.Thread(
-            target=self._save_until_closed, name="pod-saver", daemon=True
-        )
-        self._saver.start()
 
     def close(self) -> None:
         """Let go of the pods (they keep running) and of the launcher."""
-        self._closing.set()
         self._watcher.close()
         self._launcher.close()
-        self._save_unsaved()
+        self._writer.close()
 
     # -- lookup ---------------------------------------------------------------------------------
 
-    def _dir(self, pod_uuid: str) -> Path:
-        return self.root / pod_uuid
+    def _dir(self, pod_uuid: str) -> PodDir:
+        return self.layout.pod(pod_uuid)
 
-    def _find(self, ref: str) -> _Record:
+    def _find(self, ref: str) -> PodRecord:
         with self._lock:
             if ref in self._records:
                 return self._records[ref]
@@ -206,16 +146,17 @@ class PodManager:
             record = self._records.get(pod_uuid)
         return None if record is None else self._view(record)
 
-    def _refresh(self, record: _Record) -> dict[str, Any]:
+    def _refresh(self, record: PodRecord) -> InitStatus | None:
         """Take in what the pod init reports of a running pod: STARTING becomes RUNNING once
         every app has exec'd."""
         if not record.state.active:
-            return {}
-        live = self._read_status(record.uuid)
+            return None
+        live = read_status(self._dir(record.uuid).status)
         with self._lock:
-            became_running = record.state == PodState.STARTING and live.get("state") in (
-                "RUNNING",
-                "STOPPING",
+            became_running = (
+                record.state == PodState.STARTING
+                and live is not None
+                and live.state in (InitState.RUNNING, InitState.STOPPING)
             )
             if became_running:
                 record.state = PodState.RUNNING
@@ -223,21 +164,14 @@ class PodManager:
             self.events.emit("pod", "running", record.uuid, record.name)
         return live
 
-    def _view(self, record: _Record) -> Pod:
-        apps = [AppStatus(**a) for a in record.apps]
+    def _view(self, record: PodRecord) -> Pod:
         live = self._refresh(record)
-        if live:
-            for app in apps:
-                app.__dict__.update(
-                    {
-                        k: v
-                        for k, v in live.get("apps", {}).get(app.name, {}).items()
-                        if k in app.__dict__
-                    }
-                )
+        apps = list(record.apps)
+        if live is not None:
+            apps = [a.reported(live.apps[a.name]) if a.name in live.apps else a for a in apps]
         return Pod(
             uuid=record.uuid, name=record.name, state=record.state,
-            manifest=record._parsed_manifest, manifest_json=record._manifest_json,
+            manifest=record.parsed_manifest, manifest_json=record.manifest_json,
             created_at=record.created_at, apps=apps,
             reason=record.reason, started_at=record.started_at, finished_at=record.finished_at,
             stopping=record.stop_requested and record.state.active, network=record.network,
@@ -246,14 +180,7 @@ class PodManager:
     def cgroup(self, ref: str, app: str | None = None) -> Cgroup:
         """The pod's cgroup (with ``app``: that app's leaf), for accounting and inspection."""
         record = self._find(ref)
-        relative = record.uuid if app is None else f"{record.uuid}/{self._app_name(record, app)}"
-        return self._cgroups.cgroup(relative)
-
-    def _read_status(self, pod_uuid: str) -> dict[str, Any]:
-        try:
-            return json.loads((self._dir(pod_uuid) / STATUS_FILE).read_bytes())
-        except (OSError, ValueError):
-            return {}
+        return self._cgroups.cgroup(record.uuid, None if app is None else self._app_name(record, app))
 
     # -- create ---------------------------------------------------------------------------------
 
@@ -270,12 +197,15 @@ class PodManager:
         pod_uuid = str(uuid_module.uuid4())
         name = self._check_name(name or f"{resolved.apps[0].runtime.name}-{pod_uuid[:8]}")
         held = held_images(resolved, self.store)
-        record = _Record(
+        record = PodRecord(
             uuid=pod_uuid, name=name, created_at=time.time(), manifest=resolved.manifest.to_json(),
-            apps=[AppStatus(a.runtime.name, a.image.id, isolators=a.policy.report.to_json()).to_json() for a in resolved.apps],
-            isolators=resolved.report.to_json(), rollback=start_next,
+            apps=[AppStatus(a.runtime.name, a.image.id, isolators=a.policy.report) for a in resolved.apps],
+            isolators=resolved.report, rollback=start_next,
         )  # fmt: skip
-        _check_loadable(record)
+        try:
+            check_loadable(record)
+        except (ValueError, KeyError, TypeError) as err:
+            raise InvalidPod(f"the pod cannot be kept: {err}") from None
         with self._lock:
             if any(r.name == name for r in self._records.values()):
                 raise PodExists(f"a pod named {name} exists already")
@@ -290,21 +220,22 @@ class PodManager:
         self.events.emit("pod", "created", pod_uuid, name)
         return self._view(record)
 
-    def _record_new(self, record: _Record) -> None:
-        """The pod's directory and first pod.json, or nothing at all (and its holds given
-        back) when the disk refuses them."""
+    def _record_new(self, record: PodRecord) -> None:
+        """The pod's directory and first record, or nothing at all (and its holds given back)
+        when the disk refuses them."""
+        where = self._dir(record.uuid)
         try:
-            self._dir(record.uuid).mkdir(mode=0o700)
-            self._write_record(record)
+            where.path.mkdir(mode=0o700)
+            write_record(where, record)
         except OSError as err:
             self.store.release(self._holder(record))
             self._release_network(record)
             with contextlib.suppress(OSError):
-                remove_tree(self._dir(record.uuid))
+                remove_tree(where.path)
             raise PodStorageError(f"the pod could not be saved: {err.strerror or err}") from None
         self._records[record.uuid] = record
 
-    def _plan_network(self, pod_uuid: str, resolved: ResolvedPod) -> dict[str, Any] | None:
+    def _plan_network(self, pod_uuid: str, resolved: ResolvedPod) -> NetworkPlan | None:
         """Lease the pod's addresses and reserve its host ports now, so that a full pool or a
         taken port is refused at create time."""
         if resolved.host_network:
@@ -323,9 +254,9 @@ class PodManager:
         except NetworkError as err:
             raise InvalidPod(str(err)) from None
 
-    def _release_network(self, record: _Record) -> None:
+    def _release_network(self, record: PodRecord) -> None:
         if self.networks is not None and record.network is not None:
-            self.networks.unwire(record.uuid, self._dir(record.uuid) / NETNS_FILE, record.network)
+            self._unwire(record)
             self.networks.release(record.uuid)
 
     def reconcile_networks(self) -> list[str]:
@@ -333,7 +264,7 @@ class PodManager:
         if self.networks is None:
             return []
         with self._lock:
-            live = {r.uuid: r.network or {} for r in self._records.values()}
+            live = {r.uuid: r.network or NetworkPlan() for r in self._records.values()}
         return self.networks.reconcile(live)
 
     def _check_name(self, name: str) -> str:
@@ -346,46 +277,16 @@ class PodManager:
         return name
 
     @staticmethod
-    def _holder(record: _Record) -> str:
+    def _holder(record: PodRecord) -> str:
         return f"pod {record.name} ({record.uuid[:8]})"
 
-    def _write_record(self, record: _Record) -> None:
-        write_json_atomic(self._dir(record.uuid) / POD_FILE, record.to_json(), mode=0o600)
+    def _persist(self, record: PodRecord) -> None:
+        """Save the record (pods/records.py: a failed write is retried, never raised here)."""
+        self._writer.save(record)
 
-    def _persist(self, record: _Record) -> None:
-        """Write the pod's record; a write the disk refuses (full, read-only) is reported once
-        and retried in the background, never raised: the pod's state in memory is the truth
-        meanwhile, and the thread that noticed the change (the exit watcher, say) goes on."""
-        try:
-            self._write_record(record)
-        except OSError as err:
-            with self._lock:
-                first = not self._unsaved
-                self._unsaved.add(record.uuid)
-            if first:
-                log.error("cannot save pod %s: %s (retrying)", record.name, err.strerror or err)
-                self.events.emit("host", "save-failed", record.uuid, record.name,
-                                 reason=str(err.strerror or err))  # fmt: skip
-            return
-        with self._lock:
-            self._unsaved.discard(record.uuid)
-
-    def _save_until_closed(self) -> None:
-        while not self._closing.wait(SAVE_RETRY_SECONDS):
-            try:
-                self._save_unsaved()
-            except Exception:  # this thread must outlive anything one pod can throw
-                log.exception("saving pods")
-
-    def _save_unsaved(self) -> None:
-        with self._lock:
-            pending = [self._records[u] for u in self._unsaved if u in self._records]
-            self._unsaved &= set(self._records)
-        for record in pending:
-            with self._lock:
-                self._persist(record)
-        if pending and not self._unsaved:
-            log.info("pods saved again after a failed write")
+    def _report_unsaved(self, record: PodRecord, why: str) -> None:
+        log.error("cannot save pod %s: %s (retrying)", record.name, why)
+        self.events.emit("host", "save-failed", record.uuid, record.name, reason=why)
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -402,7 +303,7 @@ class PodManager:
         try:
             spec = self._prepare(record)
             pid = self._live_launcher().start_pod(
-                self._dir(record.uuid), spec.host_network, namespace
+                self._dir(record.uuid).path, spec.host_network, namespace
             )
         except (PodError, LauncherError, CgroupError, OSError) as err:
             self._unwire(record)
@@ -415,30 +316,33 @@ class PodManager:
         self.events.emit("pod", "started", record.uuid, record.name)
         if not self._watcher.watch(pid, record.uuid):
             self._on_pod_init_exit(record.uuid)
-        del spec
         if wait:
             self._await_started(record, timeout=START_TIMEOUT)
         return self._view(record)
 
-    def _wire(self, record: _Record) -> str | None:
+    def _wire(self, record: PodRecord) -> str | None:
         """The pod's network namespace, wired to its networks (None: the launcher makes a
         bare one, or the pod shares the host's)."""
-        plan = record.network
-        if self.networks is None or not plan or not plan.get("networks"):
+        if self.networks is None or record.network is None or not record.network.wired:
             return None
-        namespace = self._dir(record.uuid) / NETNS_FILE
+        namespace = self._dir(record.uuid).netns
         try:
-            self.networks.wire(record.uuid, namespace, plan)
+            wired = self.networks.wire(record.uuid, namespace, record.network)
         except NetworkError as err:
             self._settle(record, PodState.FAILED, str(err))
             raise InvalidPod(f"pod {record.name} failed to start: {err}") from None
         with self._lock:
+            record.network = wired
             self._persist(record)
         return str(namespace)
 
-    def _unwire(self, record: _Record) -> None:
-        if self.networks is not None and record.network:
-            self.networks.unwire(record.uuid, self._dir(record.uuid) / NETNS_FILE, record.network)
+    def _unwire(self, record: PodRecord) -> None:
+        """Undo the wiring; what it leaves in the plan (CNI's answers) goes."""
+        if self.networks is None or record.network is None:
+            return
+        self.networks.unwire(record.uuid, self._dir(record.uuid).netns, record.network)
+        with self._lock:
+            record.network = record.network.unwired()
 
     def _live_launcher(self) -> Launcher:
         """The launcher, started again if it died (its pods live on regardless)."""
@@ -448,7 +352,7 @@ class PodManager:
                 self._launcher = Launcher()
             return self._launcher
 
-    def _await_started(self, record: _Record, timeout: float) -> None:
+    def _await_started(self, record: PodRecord, timeout: float) -> None:
         """Wait until the pod init says every app runs, or the pod has ended."""
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -456,63 +360,25 @@ class PodManager:
                 self._changed.wait(0.002)  # the pod init reports through a file; poll it briefly
                 self._refresh(record)
 
-    def _prepare(self, record: _Record) -> PodSpec:
+    def _prepare(self, record: PodRecord) -> PodSpec:
         """Everything the pod init needs, on disk: runtime.json, cgroups, volumes, resolv.conf."""
-        pod_dir = self._dir(record.uuid)
+        where = self._dir(record.uuid)
         resolved = self._resolved.pop(record.uuid, None) or resolve_pod(
             PodManifest.from_json(record.manifest), self.store
         )
-        socket = self.host_policy.api_socket
-        apps = [app_spec(app, self.store, pod_dir, socket) for app in resolved.apps]
-        self._make_empty_volumes(resolved, pod_dir)
-        resolv = _read_or_empty(self._resolv_conf)
-        (pod_dir / "resolv.conf").write_bytes(
-            resolv if resolved.host_network else _without_loopback(resolv)
-        )
+        socket_path = self.host_policy.api_socket
+        apps = [app_spec(app, self.store, where, socket_path) for app in resolved.apps]
+        _make_empty_volumes(resolved, where)
+        where.resolv_conf.write_bytes(etc.resolv_conf(self._resolv_conf, resolved.host_network))
+        address = record.network.first_address() if record.network else ""
         spec = PodSpec(
             uuid=record.uuid, name=record.name, hostname=record.name, apps=apps,
-            hosts=_hosts(record), resolv_conf="", sysctls=resolved.sysctls,
-            limits=resolved.limits, cgroup_procs=self._make_cgroups(record.uuid, resolved.limits, apps),
+            hosts=etc.hosts_file(record.name, address), sysctls=resolved.sysctls,
+            limits=resolved.limits, cgroup_procs=self._cgroups.make(record.uuid, resolved.limits, apps),
             host_network=resolved.host_network,
         )  # fmt: skip
-        write_json_atomic(pod_dir / SPEC_FILE, spec.to_json())
+        write_json_atomic(where.spec, spec.to_json())
         return spec
-
-    def _make_cgroups(
-        self, pod_uuid: str, limits: Limits, apps: list[AppSpec]
-    ) -> dict[str, list[str]]:
-        pod = self._cgroups.create(pod_uuid)
-        _apply_limits(pod, limits)
-        if self._pids_limit is not None:
-            pod.set_pids_limit(self._pids_limit)
-        # The pod's list holds every app's devices, and is set before its leaves exist: a v1
-        # child starts from its parent's list, and a v2 pod's program bounds every leaf. A leaf
-        # whose own list is narrower (an app given fewer devices than another) narrows it.
-        union = frozenset([*DEFAULT_DEVICES, *(r for app in apps for r in _device_rules(app))])
-        pod.set_devices(sorted(union, key=DeviceRule.to_text))
-        procs = {"init": self._leaf(pod, "init", Limits(), union, [])}
-        for app in apps:
-            procs[app.name] = self._leaf(pod, app.name, app.limits, union, _device_rules(app))
-        return procs
-
-    def _leaf(self, pod: Cgroup, name: str, limits: Limits, pods_devices: frozenset[DeviceRule],
-              devices: list[DeviceRule]) -> list[str]:  # fmt: skip
-        leaf = self._cgroups.create(f"{pod.relative}/{name}")
-        _apply_limits(leaf, limits)
-        own = frozenset([*DEFAULT_DEVICES, *devices])
-        if own != pods_devices:
-            leaf.set_devices(sorted(own, key=DeviceRule.to_text))
-        return [str(d / "cgroup.procs") for d in leaf.all_dirs]
-
-    @staticmethod
-    def _make_empty_volumes(resolved: ResolvedPod, pod_dir: Path) -> None:
-        for volume in {m.volume for app in resolved.apps for m in app.mounts}:
-            if volume.kind != KIND_EMPTY:
-                continue
-            directory = empty_volume_dir(pod_dir, volume.name)
-            directory.mkdir(parents=True, exist_ok=True)
-            os.chmod(directory, volume.effective_mode)
-            os.chown(directory, volume.uid or 0, volume.gid or 0)
 
     # -- the end of a pod -----------------------------------------------------------------------------
 
@@ -524,44 +390,35 @@ class PodManager:
         if record.pid is not None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(record.pid, os.WNOHANG)  # ours only if it was reparented to us
-        status = self._read_status(pod_uuid)
-        if status.get("final"):
-            state, reason = PodState(status["state"]), status.get("reason")
+        status = read_status(self._dir(pod_uuid).status)
+        if status is not None and status.final:
+            state, reason = PodState(status.state.value), status.reason
         elif record.stop_requested:
             state, reason = PodState.STOPPED, "killed after the stop grace period"
         else:
-            state, reason = (
-                PodState.FAILED,
-                status.get("reason") or "the pod init ended unexpectedly",
-            )
-        self._settle(record, state, reason, status.get("apps", {}))
+            reason = status.reason if status is not None else None
+            state, reason = PodState.FAILED, reason or "the pod init ended unexpectedly"
+        self._settle(record, state, reason, status)
 
     def _settle(
-        self,
-        record: _Record,
-        state: PodState,
-        reason: str | None,
-        apps: dict[str, Any] | None = None,
-    ) -> None:
+        self, record: PodRecord, state: PodState, reason: str | None,
+        status: InitStatus | None = None,
+    ) -> None:  # fmt: skip
         """Record the final state, wake whoever waits, then free the cgroups. Waiters may hear
-        of the end before pod.json says it: the pod init's final status.json already does, and
+        of the end before the record says it: the pod init's final status already does, and
         recovery reads it."""
         with self._lock:
-            for app in record.apps:
-                app.update({k: v for k, v in (apps or {}).get(app["name"], {}).items() if k in app})
-                if app["state"] == "running":
-                    app["state"] = "exited"
-                    app["reason"] = app["reason"] or "ended with the pod"
+            record.apps = [_ended(app, status) for app in record.apps]
             record.state, record.reason = state, reason
             record.finished_at = time.time()
             record.rollback = False
             self._changed.notify_all()
             self._persist(record)
-        codes = {a["name"]: str(a.get("exit_code")) for a in record.apps}
+        codes = {a.name: str(a.exit_code) for a in record.apps}
         self.events.emit(
             "pod", state.value.lower(), record.uuid, record.name, reason=reason or "", **codes
         )
-        self._remove_cgroup(record.uuid)
+        self._cgroups.remove(record.uuid)
 
     def wait(self, ref: str, timeout: float | None = None) -> Pod:
         """Block until the pod is EXITED, STOPPED or FAILED (or ``timeout`` passes)."""
@@ -598,15 +455,15 @@ class PodManager:
             self.wait(record.uuid, timeout=5)
         return self._view(record)
 
-    def _tell_grace(self, record: _Record, grace: float) -> None:
+    def _tell_grace(self, record: PodRecord, grace: float) -> None:
         """The pod init reads the grace period of a stop from stop.json; when the disk will not
         take it, the pod's own grace applies, and the SIGKILL after ``grace`` still comes."""
         try:
-            write_json_atomic(self._dir(record.uuid) / STOP_FILE, {"grace": grace})
+            write_json_atomic(self._dir(record.uuid).stop, {"grace": grace})
         except OSError as err:
             log.warning("pod %s: stop grace not passed on: %s", record.name, err.strerror or err)
 
-    def _signal_pod_init(self, record: _Record, signum: int) -> None:
+    def _signal_pod_init(self, record: PodRecord, signum: int) -> None:
         if record.pid is not None and start_time(record.pid) == record.pid_start:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.pid, signum)
@@ -623,15 +480,21 @@ class PodManager:
         with self._lock:
             self._records.pop(record.uuid, None)
             self._resolved.pop(record.uuid, None)
+            self._writer.forget(record.uuid)
             self.store.release(self._holder(record))
         self._release_network(record)
-        self._remove_cgroup(record.uuid)
-        doomed = self.root / f".removing-{record.uuid}"
-        os.rename(self._dir(record.uuid), doomed)
-        remove_tree(doomed)
+        self._cgroups.remove(record.uuid)
+        self._delete_dir(record.uuid)
         self.events.emit("pod", "removed", record.uuid, record.name)
 
-    # -- logs and enter -----------------------------------------------------------------------------
+    def _delete_dir(self, pod_uuid: str) -> None:
+        """Out of sight at once (renamed), then deleted: a crash in between is finished at
+        the next start."""
+        doomed = self.layout.removing(pod_uuid)
+        os.rename(self._dir(pod_uuid).path, doomed)
+        remove_tree(doomed)
+
+    # -- logs, attach and enter -----------------------------------------------------------------------
 
     def logs(
         self, ref: str, app: str | None = None, follow: bool = False,
@@ -640,8 +503,7 @@ class PodManager:
         """An app's log records; with ``follow``, until the pod ends or ``still_wanted()``
         says the reader has gone."""
         record = self._find(ref)
-        name = self._app_name(record, app)
-        directory = self._dir(record.uuid) / "apps" / name
+        directory = self._dir(record.uuid).app(self._app_name(record, app)).path
 
         def pause(seconds: float) -> None:
             with self._changed:
@@ -651,8 +513,8 @@ class PodManager:
         return read_logs(directory, follow, still_running=lambda: record.state.active,
                          pause=pause, still_wanted=still_wanted)  # fmt: skip
 
-    def _app_name(self, record: _Record, app: str | None) -> str:
-        names = [a["name"] for a in record.apps]
+    def _app_name(self, record: PodRecord, app: str | None) -> str:
+        names = record.app_names()
         if app is None:
             if len(names) > 1:
                 raise InvalidPod(f"pod {record.name} has apps {', '.join(names)}; name one")
@@ -660,6 +522,25 @@ class PodManager:
         if app not in names:
             raise PodNotFound(f"pod {record.name} has no app {app!r} (it has {', '.join(names)})")
         return app
+
+    def attach(self, ref: str, app: str | None = None) -> int:
+        """The master side of a terminal app's pty (kurmactl run -it), handed over by its pod
+        init (without ``app``: the pod's first app's); the caller owns (and closes) it."""
+        record = self._find(ref)
+        name = self._app_name(record, app) if app else record.app_names()[0]
+        path = self._dir(record.uuid).app(name).tty_socket
+        if not path.exists():
+            raise PodConflict(f"app {name} of pod {record.name} has no terminal (run it with -t)")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(5)
+            try:
+                connection.connect(str(path))
+                _, fds = receive_with_fds(connection, 1, max_fds=1)
+            except OSError as err:
+                raise PodConflict(f"app {name} of pod {record.name}: its terminal: {err}") from None
+        if not fds:
+            raise PodConflict(f"app {name} of pod {record.name}: its terminal could not be had")
+        return fds[0]
 
     def enter(
         self, ref: str, app: str | None, argv: list[str], *, stdio: list[int] | None,
@@ -673,21 +554,26 @@ class PodManager:
             raise PodConflict(
                 f"pod {record.name} is {record.state.value}; only a RUNNING pod can be entered"
             )
-        live = self._refresh(record).get("apps", {}).get(name, {})
-        if live.get("state") != "running" or record.pid is None:
+        live = self._refresh(record)
+        report = live.apps.get(name) if live is not None else None
+        if report is None or report.state != AppState.RUNNING or report.pid is None:
             raise PodConflict(f"app {name} of pod {record.name} is not running")
-        target = child_with_namespace_pid(record.pid, int(live["pid"]))
+        target = None if record.pid is None else child_with_namespace_pid(record.pid, report.pid)
         if target is None:
             raise PodConflict(f"app {name} of pod {record.name} is not running")
-        spec = PodSpec.load(self._dir(record.uuid))
+        spec = PodSpec.load(self._dir(record.uuid).spec)
         app_spec_ = next(a for a in spec.apps if a.name == name)
         return self._live_launcher().enter(target, app_spec_, argv, env=env or {}, stdio=stdio,
-                                    cgroup_procs=spec.cgroup_procs.get(name, []), window=window)  # fmt: skip
+                                           cgroup_procs=spec.cgroup_procs.get(name, []), window=window)  # fmt: skip
 
     def wait_enter(self, handle: int, timeout: float | None = None) -> int | None:
         """The exit code of an entered command (None if it has not ended within ``timeout``)."""
         status = self._launcher.wait(handle, timeout)
         return None if status is None else os.waitstatus_to_exitcode(status)
+
+    def forget_enter(self, handle: int) -> None:
+        """Nobody will ask for this entered command's exit code (its client went away)."""
+        self._launcher.forget(handle)
 
     # -- recovery --------------------------------------------------------------------------------------
 
@@ -698,141 +584,90 @@ class PodManager:
         for directory in sorted(self.root.iterdir()):
             if directory.name == QUARANTINE:
                 self.quarantined += [f"{d.name}: quarantined earlier" for d in directory.iterdir()]
-                continue
-            if directory.name.startswith(".removing-") or not (directory / POD_FILE).exists():
+            elif directory.name.startswith(REMOVING) or not PodDir(directory).record.exists():
                 self._discard_leftovers(directory)  # a removal or a create that never finished
-                continue
-            try:
-                record = _Record.from_json(read_json(directory / POD_FILE))
-            except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
-                self._quarantine(directory, err)
-                continue
-            self._records[record.uuid] = record
-            if record.pid is None and record.state in (PodState.NEW, PodState.STARTING):
-                self._clean_runtime(record)  # a start a crash cut short: as before it
-                if record.rollback:
-                    self._roll_back(record)
-                    continue
-                if record.state != PodState.NEW:
-                    record.state, record.started_at = PodState.NEW, None
-                    self._persist(record)
-            self._rehold(record)
-            if record.state.active:
-                self._readopt(record)
-            elif record.state.terminal:
-                self._remove_cgroup(record.uuid)  # a removal that timed out before a crash
+            else:
+                self._recover_one(PodDir(directory))
+
+    def _recover_one(self, where: PodDir) -> None:
+        try:
+            record = load_record(where)
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+            self._quarantine(where, err)
+            return
+        self._records[record.uuid] = record
+        if record.pid is None and record.state in (PodState.NEW, PodState.STARTING):
+            self._clean_runtime(record)  # a start a crash cut short: as before it
+            if record.rollback:
+                self._roll_back(record)
+                return
+            if record.state != PodState.NEW:
+                record.state, record.started_at = PodState.NEW, None
+                self._persist(record)
+        self._rehold(record)
+        if record.state.active:
+            self._readopt(record)
+        elif record.state.terminal:
+            self._cgroups.remove(record.uuid)  # a removal that timed out before a crash
 
     def _discard_leftovers(self, directory: Path) -> None:
-        netns.remove(directory / NETNS_FILE)
-        pod_uuid = directory.name.removeprefix(".removing-")
-        if pod_uuid:
-            self._remove_cgroup(pod_uuid)
+        netns.remove(PodDir(directory).netns)
+        self._cgroups.remove(directory.name.removeprefix(REMOVING))
         remove_tree(directory)
 
-    def _quarantine(self, directory: Path, err: BaseException) -> None:
+    def _quarantine(self, where: PodDir, err: BaseException) -> None:
         """Move an unreadable pod aside (STATE/pods/.quarantine/), keep it for a person to look
         at, and report it: a listing never breaks on it."""
-        why = f"{directory.name}: unreadable pod.json ({type(err).__name__}: {err})"
+        why = f"{where.path.name}: unreadable pod.json ({type(err).__name__}: {err})"
         log.error("pods: quarantined %s", why)
-        place = self.root / QUARANTINE
-        place.mkdir(mode=0o700, exist_ok=True)
-        netns.remove(directory / NETNS_FILE)
-        os.rename(directory, place / f"{directory.name}-{int(time.time())}")
+        self.layout.quarantine.mkdir(mode=0o700, exist_ok=True)
+        netns.remove(where.netns)
+        os.rename(where.path, self.layout.quarantine / f"{where.path.name}-{int(time.time())}")
         self.quarantined.append(why)
 
-    def _clean_runtime(self, record: _Record) -> None:
+    def _clean_runtime(self, record: PodRecord) -> None:
         """A NEW pod has no processes, cgroups or network namespace; a start that a crash cut
         short may have left some."""
-        self._remove_cgroup(record.uuid)
-        if self.networks is not None and record.network:
-            self.networks.unwire(record.uuid, self._dir(record.uuid) / NETNS_FILE, record.network)
-        netns.remove(self._dir(record.uuid) / NETNS_FILE)
+        self._cgroups.remove(record.uuid)
+        self._unwire(record)
+        netns.remove(self._dir(record.uuid).netns)
 
-    def _roll_back(self, record: _Record) -> None:
+    def _roll_back(self, record: PodRecord) -> None:
         """A pod made by a create-and-start that never started: as if never made."""
         log.info("pods: rolled back %s, which kurmad stopped before it started", record.name)
         self._records.pop(record.uuid, None)
         self._release_network(record)
-        doomed = self.root / f".removing-{record.uuid}"
-        os.rename(self._dir(record.uuid), doomed)
-        remove_tree(doomed)
+        self._delete_dir(record.uuid)
 
-    def _remove_cgroup(self, pod_uuid: str) -> None:
-        """The pod's cgroups, with whatever still runs in them. Only ever a pod of this
-        kurmad's own state: another kurmad may share the cgroup parent."""
-        with contextlib.suppress(CgroupError, OSError):
-            self._cgroups.cgroup(pod_uuid).remove()
-
-    def _rehold(self, record: _Record) -> None:
+    def _rehold(self, record: PodRecord) -> None:
         try:
-            resolved = resolve_pod(PodManifest.from_json(record.manifest), self.store)
+            resolved = resolve_pod(record.parsed_manifest, self.store)
             self.store.hold(self._holder(record), held_images(resolved, self.store))
         except (PodError, ImageNotFound, ValidationError) as err:
             record.reason = record.reason or f"images: {err}"
 
-    def _readopt(self, record: _Record) -> None:
+    def _readopt(self, record: PodRecord) -> None:
         alive = record.pid is not None and start_time(record.pid) == record.pid_start
         if alive and record.pid is not None and self._watcher.watch(record.pid, record.uuid):
             return
         self._on_pod_init_exit(record.uuid)
 
 
-def _check_loadable(record: _Record) -> None:
-    """What is saved must load again: the record goes through the reader it will meet after
-    a restart, so a request that would poison the store is refused before anything is kept."""
-    try:
-        _Record.from_json(json.loads(json.dumps(record.to_json())))
-    except (ValueError, KeyError, TypeError) as err:
-        raise InvalidPod(f"the pod cannot be kept: {err}") from None
+def _ended(app: AppStatus, status: InitStatus | None) -> AppStatus:
+    """An app once its pod has ended: as the pod init's last report says, and ended with the
+    pod if it was still running then."""
+    if status is not None and app.name in status.apps:
+        app = app.reported(status.apps[app.name])
+    if app.state == AppState.RUNNING:
+        app = replace(app, state=AppState.EXITED, reason=app.reason or "ended with the pod")
+    return app
 
 
-def _without_loopback(resolv_conf: bytes) -> bytes:
-    """A pod with a network of its own cannot reach the host's loopback resolver (a local
-    stub such as systemd-resolved's 127.0.0.53): those name servers are left out."""
-
-    def loopback_server(line: str) -> bool:
-        words = line.split()
-        return len(words) >= 2 and words[0] == "nameserver" and words[1].startswith(("127.", "::1"))
-
-    lines = resolv_conf.decode(errors="replace").splitlines(keepends=True)
-    return "".join(line for line in lines if not loopback_server(line)).encode()
-
-
-def _hosts(record: _Record) -> str:
-    """/etc/hosts: the pod's name on its address (on the loopback's when it has none)."""
-    address = first_address(record.network) if record.network else ""
-    text = _HOSTS.format(hostname=record.name)
-    return (
-        text.replace(f"127.0.1.1\t{record.name}", f"{address}\t{record.name}") if address else text
-    )
-
-
-def _device_rules(app: AppSpec) -> list[DeviceRule]:
-    return [DeviceRule(d.kind, d.major, d.minor, d.access) for d in app.devices]
-
-
-def _apply_limits(group: Cgroup, limits: Limits) -> None:
-    if limits.memory is not None:
-        group.set_memory_limit(limits.memory)
-    if limits.cpu_millicores is not None or limits.cpu_shares is not None:
-        group.set_cpu(limits.cpu_millicores, limits.cpu_shares)
-    if limits.io_bps is not None or limits.io_iops is not None:
-        group.set_io_limits(_block_devices(), limits.io_bps, limits.io_iops)
-
-
-def _block_devices() -> list[str]:
-    """MAJ:MIN of every whole block device (resource/block-* isolators apply to all)."""
-    devices = []
-    for entry in Path("/sys/block").iterdir():
-        if entry.name.startswith(("loop", "ram", "zram")):
+def _make_empty_volumes(resolved: ResolvedPod, where: PodDir) -> None:
+    for volume in {m.volume for app in resolved.apps for m in app.mounts}:
+        if volume.kind != KIND_EMPTY:
             continue
-        with contextlib.suppress(OSError):
-            devices.append((entry / "dev").read_text().strip())
-    return devices
-
-
-def _read_or_empty(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
+        directory = where.volume(volume.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, volume.effective_mode)
+        os.chown(directory, volume.uid or 0, volume.gid or 0)

@@ -88,7 +88,7 @@ def make_dirs_in_root(root: str, path: str, mode: int = 0o755) -> str:
     return target
 
 
-def setup_app_filesystem(rootfs: str, app: AppSpec, pod_dir: Path, hosts: str) -> list[str]:
+def setup_app_filesystem(rootfs: str, app: AppSpec, resolv_conf: Path, hosts: str) -> list[str]:
     """Mount everything an app needs inside ``rootfs``; return warnings for the user."""
     warnings: list[str] = []
     _write_hosts_if_missing(rootfs, hosts)
@@ -97,7 +97,7 @@ def setup_app_filesystem(rootfs: str, app: AppSpec, pod_dir: Path, hosts: str) -
     _mount_dev(rootfs)
     for device in app.devices:
         _bind_device(rootfs, device.path)
-    _bind_file(rootfs, "/etc/resolv.conf", str(pod_dir / "resolv.conf"))
+    _bind_file(rootfs, "/etc/resolv.conf", str(resolv_conf))
     for mount in app.mounts:
         warnings.extend(_mount_volume(rootfs, mount))
     if app.read_only_rootfs:

@@ -38,16 +38,35 @@ class IsolatorError(ValueError):
     """An isolator cannot be honoured and must not be ignored (the pod is refused)."""
 
 
+@dataclass(frozen=True)
+class Ignored:
+    """An isolator the executor does not enforce, and why (ace.md: it must say so)."""
+
+    name: str
+    reason: str
+
+
 @dataclass
 class Report:
+    """Which isolators an app's run enforces and which it ignores; filled while they are
+    translated, kept in the pod's record afterwards."""
+
     enforced: list[str] = field(default_factory=list)
-    ignored: list[dict[str, str]] = field(default_factory=list)
+    ignored: list[Ignored] = field(default_factory=list)
 
     def ignore(self, name: str, reason: str) -> None:
-        self.ignored.append({"name": name, "reason": reason})
+        self.ignored.append(Ignored(name, reason))
 
-    def to_json(self) -> dict[str, object]:
-        return {"enforced": self.enforced, "ignored": self.ignored}
+    def to_json(self) -> dict[str, Any]:
+        return {"enforced": list(self.enforced),
+                "ignored": [{"name": i.name, "reason": i.reason} for i in self.ignored]}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Any) -> Report:
+        if not isinstance(data, dict):
+            raise ValueError("isolators: not an object")
+        return cls([str(e) for e in data.get("enforced", [])],
+                   [Ignored(str(i["name"]), str(i["reason"])) for i in data.get("ignored", [])])  # fmt: skip
 
 
 @dataclass

@@ -60,33 +60,31 @@ CAP_SYS_PTRACE is as good as a host grant and must stay an admin's to give."""
 
 from __future__ import annotations
 
-import array
 import contextlib
 import fcntl
 import functools
 import gc
 import itertools
-import json
 import logging
 import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import termios
 import threading
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from kurmad.appc import DEFAULT_CAPABILITIES
-from kurmad.linux import capabilities, seccomp
+from kurmad.linux import capabilities, seccomp, tty
 from kurmad.linux import syscalls as sc
+from kurmad.linux.fds import receive_with_fds, send_with_fds
 from kurmad.linux.proc import reap_all
 
-from . import podinit
+from . import messages, podinit
 from .isolators import default_seccomp, filter_of
 from .process import drop_privileges, exec_app
 from .spec import AppSpec
@@ -117,22 +115,23 @@ class Entered:
     terminal: int | None
 
 
-def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(message).encode()
-    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    sock.sendmsg([data], ancillary)
+def _send(sock: socket.socket, message: messages.Message, fds: list[int] | None = None) -> None:
+    send_with_fds(sock, messages.encode(message), fds)
 
 
-def _receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    fds = array.array("i")
-    # close-on-exec from the start: an enter's stdio must reach its command only as 0, 1 and 2
-    data, ancillary, _, _ = sock.recvmsg(
-        _MAX_MESSAGE, socket.CMSG_SPACE(16 * fds.itemsize), socket.MSG_CMSG_CLOEXEC
-    )
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    return (json.loads(data) if data else None), list(fds)
+def _receive(sock: socket.socket) -> tuple[messages.Message | None, list[int]]:
+    """The next message (None: the other end is gone) and its descriptors, close-on-exec (an
+    enter's stdio must reach its command only as 0, 1 and 2). MessageError for bytes that are
+    not a message (its descriptors are closed)."""
+    data, fds = receive_with_fds(sock, _MAX_MESSAGE)
+    if not data:
+        return None, fds
+    try:
+        return messages.decode(data), fds
+    except messages.MessageError:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 # --- the launcher process -----------------------------------------------------------------------
@@ -148,7 +147,7 @@ def serve(sock: socket.socket) -> None:
     gc.collect()
     gc.freeze()  # what is imported now stays shared with every pod init
     try:
-        _send(sock, {"event": "ready", "pid": os.getpid()})
+        _send(sock, messages.Ready(os.getpid()))
         while True:
             readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
             if wake_r in readable:
@@ -159,7 +158,8 @@ def serve(sock: socket.socket) -> None:
                 message, fds = _receive(sock)
                 if message is None:
                     return  # the daemon is gone
-                _handle(sock, message, fds)
+                if isinstance(message, messages.StartPod | messages.Enter):
+                    _handle(sock, message, fds)
     except (BrokenPipeError, ConnectionResetError):
         return  # the daemon went before it heard from us: its pods do not need us
 
@@ -176,25 +176,18 @@ def _warm_caches() -> None:
 def _reap_and_report(sock: socket.socket) -> None:
     for pid, status in reap_all():
         with contextlib.suppress(OSError):
-            _send(sock, {"event": "exit", "pid": pid, "status": status})
+            _send(sock, messages.Exited(pid, status))
 
 
-def _handle(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+def _handle(sock: socket.socket, request: messages.Request, fds: list[int]) -> None:
     try:
-        if message["op"] == "start_pod":
-            pid = _fork_pod(
-                sock,
-                Path(message["pod_dir"]),
-                bool(message.get("host_network")),
-                message.get("netns"),
-            )
-        elif message["op"] == "enter":
-            pid = _fork_enter(sock, message, fds)
+        if isinstance(request, messages.StartPod):
+            pid = _fork_pod(sock, request)
         else:
-            raise LauncherError(f"unknown request {message['op']!r}")
-        _send(sock, {"id": message["id"], "pid": pid})
+            pid = _fork_enter(sock, request, fds)
+        _send(sock, messages.Started(request.id, pid))
     except Exception as err:
-        _send(sock, {"id": message.get("id"), "error": f"{type(err).__name__}: {err}"})
+        _send(sock, messages.Refused(request.id, f"{type(err).__name__}: {err}"))
     finally:
         for fd in fds:
             os.close(fd)
@@ -223,18 +216,18 @@ def _close_all_but(keep: list[int]) -> None:
     os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
-def _fork_pod(sock: socket.socket, pod_dir: Path, host_network: bool, netns: str | None) -> int:
-    """The pod init, in new namespaces; the network one is new, or the host's, or ``netns``
-    (a namespace file the daemon has wired already)."""
-    shared = host_network or netns is not None
+def _fork_pod(sock: socket.socket, request: messages.StartPod) -> int:
+    """The pod init, in new namespaces; the network one is new, or the host's, or the
+    namespace file the daemon has wired already."""
+    shared = request.host_network or request.netns is not None
     pid = sc.fork_into_namespaces(POD_NAMESPACES & ~sc.CLONE_NEWNET if shared else POD_NAMESPACES)
     if pid == 0:
         code = 1
         try:
             _in_child(sock, keep=[])
-            if netns is not None:
-                _join_network(netns)
-            code = podinit.main(pod_dir)
+            if request.netns is not None:
+                _join_network(request.netns)
+            code = podinit.main(Path(request.pod_dir))
         finally:
             os._exit(code)
     return pid
@@ -248,26 +241,24 @@ def _join_network(path: str) -> None:
         os.close(fd)
 
 
-def _fork_enter(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> int:
+def _fork_enter(sock: socket.socket, request: messages.Enter, fds: list[int]) -> int:
     pid = os.fork()
     if pid == 0:
         try:
             _in_child(sock, keep=fds)
-            _enter(message, fds)
+            _enter(request, fds)
         finally:
             os._exit(126)
     return pid
 
 
-def _enter(message: dict[str, Any], fds: list[int]) -> NoReturn:
+def _enter(request: messages.Enter, fds: list[int]) -> NoReturn:
     """Join a running app: its namespaces and root, its cgroup, its user and restrictions."""
-    app = AppSpec.from_json(message["app"])
-    target = int(message["target_pid"])
     namespaces = {
-        name: os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        name: os.open(f"/proc/{request.target_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
         for name in _ENTER_NAMESPACES
     }
-    for procs in message.get("cgroup_procs", []):
+    for procs in request.cgroup_procs:
         Path(procs).write_text(str(os.getpid()))
     for name in _ENTER_NAMESPACES:
         sc.setns(namespaces[name])
@@ -275,7 +266,7 @@ def _enter(message: dict[str, Any], fds: list[int]) -> NoReturn:
     child = os.fork()  # only a child is born into the pod's PID namespace
     if child == 0:
         try:
-            _become_entered(app, message, fds)
+            _become_entered(request, fds)
         except (OSError, UserError, Exception) as err:
             os.write(2, f"kurmad enter: {err}\n".encode())
         os._exit(126)
@@ -287,26 +278,24 @@ def _enter(message: dict[str, Any], fds: list[int]) -> NoReturn:
     )
 
 
-def _become_entered(app: AppSpec, message: dict[str, Any], fds: list[int]) -> NoReturn:
-    if message.get("tty"):
-        # A terminal of the pod's own devpts, so that the command sees a /dev/pts/N of its
-        # world; the master goes back to the daemon over the control socket.
-        master, slave = os.openpty()
-        rows, columns = message.get("window") or (24, 80)
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-        _send(socket.socket(fileno=fds[0]), {"event": "terminal"}, [master])
+def _become_entered(request: messages.Enter, fds: list[int]) -> NoReturn:
+    if request.tty:
+        # A terminal of the pod's own devpts (the app's mount namespace is ours now), so that
+        # the command sees a /dev/pts/N of its world; the master goes back to the daemon.
+        master, slave = tty.open_pty(Path("/dev/pts"))
+        tty.set_window_size(slave, *(request.window or tty.DEFAULT_SIZE))
+        _send(socket.socket(fileno=fds[0]), messages.Terminal(), [master])
         os.close(master)
-        fds = [slave, slave, slave]
-    for target, fd in enumerate(fds[:3]):
-        os.dup2(fd, target)
-    os.setsid()
-    if message.get("tty"):
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        tty.become_controlled_by(slave)
+    else:
+        for target, fd in enumerate(fds[:3]):
+            os.dup2(fd, target)
+        os.setsid()
+    app = request.app
     credentials = resolve(app.user, app.group)
     os.chdir(app.working_directory or "/")
-    env = {**app.env, **message.get("env", {})}
     drop_privileges(app, credentials)
-    exec_app(list(message["argv"]), env)
+    exec_app(list(request.argv), {**app.env, **request.env})
 
 
 def main() -> None:
@@ -372,7 +361,7 @@ class Launcher:
         theirs.close()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._replies: dict[int, tuple[threading.Event, dict[str, Any]]] = {}
+        self._replies: dict[int, tuple[threading.Event, list[messages.Reply]]] = {}
         self._exits: dict[int, tuple[threading.Event, list[int]]] = {}
         # The new interpreter's start and imports run alongside the daemon's own start: only a
         # first request waits for its "ready" (a boot's API comes up that much sooner).
@@ -387,8 +376,8 @@ class Launcher:
                 message, fds = _receive(self._sock)
             except OSError:
                 message, fds = None, []
-            except ValueError:  # not JSON: a message that cannot be acted on, not the end
-                log.error("the launcher sent a message that is not JSON")
+            except messages.MessageError as err:  # one that cannot be acted on, not the end
+                log.error("the launcher sent %s", err)
                 continue
             for fd in fds:
                 os.close(fd)
@@ -396,21 +385,18 @@ class Launcher:
                 self._fail_pending()
                 self._ready.set()  # a request then learns that the launcher is gone
                 return
-            try:
-                self._take(message)
-            except (KeyError, TypeError, ValueError):
-                log.error("the launcher sent a message kurmad cannot read: %.200s", message)
+            self._take(message)
 
-    def _take(self, message: dict[str, Any]) -> None:
-        if message.get("event") == "ready":
+    def _take(self, message: messages.Message) -> None:
+        if isinstance(message, messages.Ready):
             self._ready.set()
-        elif message.get("event") == "exit":
-            self._record_exit(int(message["pid"]), int(message["status"]))
-        elif "id" in message:
+        elif isinstance(message, messages.Exited):
+            self._record_exit(message.pid, message.status)
+        elif isinstance(message, messages.Started | messages.Refused):
             with self._lock:
-                waiter = self._replies.get(message["id"])
+                waiter = self._replies.get(message.id)
             if waiter is not None:
-                waiter[1].update(message)
+                waiter[1].append(message)
                 waiter[0].set()
 
     def _record_exit(self, pid: int, status: int) -> None:
@@ -421,41 +407,37 @@ class Launcher:
 
     def _fail_pending(self) -> None:
         with self._lock:
-            for event, reply in self._replies.values():
-                reply.setdefault("error", "the launcher exited")
+            for request_id, (event, replies) in self._replies.items():
+                replies.append(messages.Refused(request_id, "the launcher exited"))
                 event.set()
 
-    def _request(self, message: dict[str, Any], fds: list[int] | None = None) -> int:
+    def _request(
+        self, make: Callable[[int], messages.Request], fds: list[int] | None = None
+    ) -> int:
+        """Send the request ``make(id)`` makes; the PID of the child it started."""
         if not self._ready.wait(60) or self._process.poll() is not None:
             raise LauncherError("the launcher did not start")
         request_id = next(self._ids)
         event: threading.Event = threading.Event()
-        reply: dict[str, Any] = {}
+        replies: list[messages.Reply] = []
         with self._lock:
-            self._replies[request_id] = (event, reply)
+            self._replies[request_id] = (event, replies)
         try:
-            _send(self._sock, {**message, "id": request_id}, fds)
+            _send(self._sock, make(request_id), fds)
             if not event.wait(30):
                 raise LauncherError("the launcher did not answer")
         finally:
             with self._lock:
                 self._replies.pop(request_id, None)
-        if "error" in reply:
-            raise LauncherError(reply["error"])
-        pid = int(reply["pid"])
+        reply = replies[0]
+        if isinstance(reply, messages.Refused):
+            raise LauncherError(reply.error)
         with self._lock:
-            self._exits.setdefault(pid, (threading.Event(), []))
-        return pid
+            self._exits.setdefault(reply.pid, (threading.Event(), []))
+        return reply.pid
 
     def start_pod(self, pod_dir: Path, host_network: bool = False, netns: str | None = None) -> int:
-        return self._request(
-            {
-                "op": "start_pod",
-                "pod_dir": str(pod_dir),
-                "host_network": host_network,
-                "netns": netns,
-            }
-        )
+        return self._request(lambda i: messages.StartPod(i, str(pod_dir), host_network, netns))
 
     def enter(
         self, target_pid: int, app: AppSpec, argv: list[str], *, env: dict[str, str],
@@ -463,14 +445,17 @@ class Launcher:
     ) -> Entered:  # fmt: skip
         """Run ``argv`` in the app whose main process is ``target_pid``: with ``stdio`` (three
         fds), or with ``stdio=None`` on a new terminal whose master comes back in the result."""
-        message = {"op": "enter", "target_pid": target_pid, "app": asdict(app), "argv": argv,
-                   "env": env, "tty": stdio is None, "cgroup_procs": cgroup_procs, "window": window}  # fmt: skip
+
+        def make(request_id: int) -> messages.Enter:
+            return messages.Enter(request_id, target_pid, app, argv, env, stdio is None,
+                                  cgroup_procs, window)  # fmt: skip
+
         if stdio is not None:
-            return Entered(self._request(message, stdio), None)
+            return Entered(self._request(make, stdio), None)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with mine:
             try:
-                pid = self._request(message, [theirs.fileno()])
+                pid = self._request(make, [theirs.fileno()])
             finally:
                 theirs.close()
             mine.settimeout(10)

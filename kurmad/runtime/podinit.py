@@ -10,58 +10,42 @@ through it (the launcher's docstring, layer 4, says why)."""
 
 from __future__ import annotations
 
-import array
 import contextlib
-import fcntl
 import json
 import os
 import select
 import signal
 import socket
-import struct
-import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kurmad.linux import syscalls as sc
+from kurmad.linux import tty
+from kurmad.linux.fds import send_with_fds
 from kurmad.linux.proc import reap_all
 
 from .fs import SetupError, enter_root, setup_app_filesystem
+from .layout import AppDir, PodDir
 from .logs import LogWriter
 from .process import become_app
 from .rootfs import AppRootfs, mount_app_rootfs
-from .spec import STATUS_FILE, STOP_FILE, AppSpec, PodSpec
+from .spec import AppSpec, PodSpec
+from .status import AppReport, AppState, InitState, InitStatus
 
-# pod states
-STARTING, RUNNING, STOPPING, EXITED, STOPPED, FAILED = (
-    "STARTING",
-    "RUNNING",
-    "STOPPING",
-    "EXITED",
-    "STOPPED",
-    "FAILED",
-)
-# app states
-WAITING, APP_RUNNING, APP_EXITED, APP_FAILED = "waiting", "running", "exited", "failed"
 POST_STOP_TIMEOUT = 30.0
 STATUS_RETRY = 0.5  # seconds between tries of a status the disk refused
 FINAL_STATUS_PATIENCE = 10.0  # how long the last status may wait for a full disk
-TTY_SOCKET = "tty.sock"
-# <asm/ioctls.h>: unlock a pty master, and read its number (termios lacks them)
-_TIOCSPTLCK = 0x40045431
-_TIOCGPTN = 0x80045430
 _READ = 65536
 
 
 @dataclass
 class _App:
     spec: AppSpec
-    directory: Path
+    directory: AppDir
     rootfs: AppRootfs | None = None
     pid: int | None = None
-    state: str = WAITING
+    state: AppState = AppState.WAITING
     exit_code: int | None = None
     signal: str | None = None
     reason: str | None = None
@@ -74,24 +58,21 @@ class _App:
     post_stop_deadline: float | None = None
     pending: bool = False  # exec not yet confirmed through the error pipe
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "state": self.state, "pid": self.pid, "exit_code": self.exit_code, "signal": self.signal,
-            "reason": self.reason, "started_at": self.started_at, "finished_at": self.finished_at,
-            "warnings": self.warnings,
-        }  # fmt: skip
+    def report(self) -> AppReport:
+        return AppReport(self.state, self.pid, self.exit_code, self.signal, self.reason,
+                         self.started_at, self.finished_at, tuple(self.warnings))  # fmt: skip
 
     @property
     def done(self) -> bool:
-        return self.state in (APP_EXITED, APP_FAILED) and self.post_stop_pid is None
+        return self.state in (AppState.EXITED, AppState.FAILED) and self.post_stop_pid is None
 
 
 class PodInit:
     def __init__(self, pod_dir: Path, spec: PodSpec) -> None:
-        self.pod_dir = pod_dir
+        self.pod_dir = PodDir(pod_dir)
         self.spec = spec
-        self.apps = [_App(app, pod_dir / "apps" / app.name) for app in spec.apps]
-        self.state = STARTING
+        self.apps = [_App(app, self.pod_dir.app(app.name)) for app in spec.apps]
+        self.state = InitState.STARTING
         self.reason: str | None = None
         self.stop_requested = False
         self.kill_deadline: float | None = None
@@ -145,11 +126,10 @@ class PodInit:
         return list(self.cgroup_procs.get(leaf, []))
 
     def _prepare_app(self, app: _App) -> None:
-        app.directory.mkdir(parents=True, exist_ok=True)
-        app.rootfs = mount_app_rootfs(Path(app.spec.lower), app.directory / "fs")
-        app.warnings.extend(
-            setup_app_filesystem(str(app.rootfs.path), app.spec, self.pod_dir, self.spec.hosts)
-        )
+        app.directory.path.mkdir(parents=True, exist_ok=True)
+        app.rootfs = mount_app_rootfs(Path(app.spec.lower), app.directory.scratch)
+        app.warnings.extend(setup_app_filesystem(
+            str(app.rootfs.path), app.spec, self.pod_dir.resolv_conf, self.spec.hosts))  # fmt: skip
 
     def _leave_the_host(self) -> None:
         """Make the pod directory this process's root. What is still needed from outside is
@@ -161,17 +141,16 @@ class PodInit:
             for leaf, paths in self.spec.cgroup_procs.items()
         }
         outside = self.pod_dir
-        sc.mount(str(outside), outside, None, sc.MS_BIND | sc.MS_REC)  # a mount, for pivot_root
-        (outside / "proc").mkdir(exist_ok=True)
-        sc.mount("proc", outside / "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+        sc.mount(str(outside.path), outside.path, None, sc.MS_BIND | sc.MS_REC)  # for pivot_root
+        outside.proc.mkdir(exist_ok=True)
+        sc.mount("proc", outside.proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
                  "subset=pid")  # fmt: skip
-        enter_root(str(outside))
-        self.pod_dir = Path("/")
+        enter_root(str(outside.path))
+        self.pod_dir = PodDir(Path("/"))
         for app in self.apps:
-            app.directory = Path("/", app.directory.relative_to(outside))
+            app.directory = AppDir(outside.inside(app.directory.path))
             if app.rootfs is not None:
-                inside = Path("/", app.rootfs.path.relative_to(outside))
-                app.rootfs = AppRootfs(inside, app.rootfs.mounted)
+                app.rootfs = AppRootfs(outside.inside(app.rootfs.path), app.rootfs.mounted)
 
     # -- apps -----------------------------------------------------------------------------------
 
@@ -186,7 +165,7 @@ class PodInit:
         pid = os.fork()
         if pid == 0:
             if slave is not None:
-                _child_terminal(slave)
+                tty.become_controlled_by(slave)
             else:
                 _child_stdio(self._null, out_w, err_w)
             os.close(fail_r)
@@ -213,14 +192,9 @@ class PodInit:
         """A terminal from the app's own devpts (so the app sees a /dev/pts/N of its world).
         The pod init keeps the master and hands it to whoever connects to tty.sock."""
         assert app.rootfs is not None
-        pts = app.rootfs.path / "dev" / "pts"
-        master = os.open(pts / "ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
-        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
-        slave = os.open(pts / str(number), os.O_RDWR | os.O_NOCTTY)
-        app.terminal = master
+        app.terminal, slave = tty.open_pty(app.rootfs.path / "dev" / "pts")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(app.directory / TTY_SOCKET))
+        listener.bind(str(app.directory.tty_socket))
         listener.listen(4)
         self.listeners[listener.fileno()] = (listener, app)
         return slave
@@ -230,33 +204,30 @@ class PodInit:
         connection, _ = listener.accept()
         with connection:
             if app.terminal is not None:
-                connection.sendmsg(
-                    [b"t"],
-                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [app.terminal]))],
-                )
+                send_with_fds(connection, b"t", [app.terminal])
 
     def _start_app(self, app: _App) -> None:
-        app.log = LogWriter(app.directory, self.spec.log_max_bytes, self.spec.log_keep)
+        app.log = LogWriter(app.directory.path, self.spec.log_max_bytes, self.spec.log_keep)
         app.pid = self._spawn(app, app.spec.exec, app.spec.pre_start, capture=True)
         app.pending = True
-        app.state = APP_RUNNING
+        app.state = AppState.RUNNING
         app.started_at = time.time()
 
     def _app_confirmed(self, app: _App, error: bytes) -> None:
         """The app's error pipe closed: exec happened, or it says why not."""
         app.pending = False
         if error:
-            app.state = APP_FAILED
+            app.state = AppState.FAILED
             app.reason = error.decode(errors="replace")
             self._fail(f"app {app.spec.name} failed to start: {app.reason}")
-        elif self.state == STARTING and not any(a.pending for a in self.apps):
-            self.state = RUNNING
+        elif self.state == InitState.STARTING and not any(a.pending for a in self.apps):
+            self.state = InitState.RUNNING
         self._write_status()
 
     def _fail(self, reason: str) -> None:
-        if self.state in (FAILED, STOPPING):
+        if self.state in (InitState.FAILED, InitState.STOPPING):
             return
-        self.state = FAILED
+        self.state = InitState.FAILED
         self.reason = reason
         self._stop_apps(grace=self.spec.stop_grace)
 
@@ -287,7 +258,10 @@ class PodInit:
 
     def _all_done(self) -> bool:
         return (
-            all(app.done or (app.state == WAITING and self.state == FAILED) for app in self.apps)
+            all(
+                app.done or (app.state == AppState.WAITING and self.state == InitState.FAILED)
+                for app in self.apps
+            )
             and not self.streams
         )
 
@@ -311,14 +285,14 @@ class PodInit:
             and not self.stop_requested
         ):
             self.stop_requested = True
-            if self.state in (STARTING, RUNNING):
-                self.state = STOPPING
+            if self.state in (InitState.STARTING, InitState.RUNNING):
+                self.state = InitState.STOPPING
                 self._write_status()
             self._stop_apps(grace=self._requested_grace())
 
     def _requested_grace(self) -> float:
         try:
-            return float(json.loads((self.pod_dir / STOP_FILE).read_text())["grace"])
+            return float(json.loads(self.pod_dir.stop.read_text())["grace"])
         except (OSError, ValueError, KeyError, TypeError):
             return self.spec.stop_grace
 
@@ -362,8 +336,8 @@ class PodInit:
             app.exit_code = 128 + os.WTERMSIG(status)
         else:
             app.exit_code = os.waitstatus_to_exitcode(status)
-        if app.state != APP_FAILED:
-            app.state = APP_EXITED
+        if app.state != AppState.FAILED:
+            app.state = AppState.EXITED
         if app.spec.post_stop and app.reason is None:
             app.post_stop_pid = self._spawn(app, app.spec.post_stop, None, capture=False)
             app.post_stop_deadline = time.monotonic() + POST_STOP_TIMEOUT
@@ -389,8 +363,8 @@ class PodInit:
     # -- the end ------------------------------------------------------------------------------------
 
     def _finish(self) -> None:
-        if self.state not in (FAILED,):
-            self.state = STOPPED if self.stop_requested else EXITED
+        if self.state != InitState.FAILED:
+            self.state = InitState.STOPPED if self.stop_requested else InitState.EXITED
         for app in self.apps:
             if app.log is not None:
                 app.log.close()
@@ -403,31 +377,15 @@ class PodInit:
     def _write_status(self, final: bool = False) -> bool:
         """Replace status.json; a write the disk refuses is retried at the next turn of the
         loop (and said False), never the end of the pod init and its apps."""
-        status = {
-            "state": self.state,
-            "reason": self.reason,
-            "final": final,
-            "apps": {app.spec.name: app.to_json() for app in self.apps},
-            "updated_at": time.time(),
-        }
-        temporary = self.pod_dir / f".{STATUS_FILE}.tmp"
+        status = InitStatus(self.state, self.reason, final,
+                            {app.spec.name: app.report() for app in self.apps}, time.time())  # fmt: skip
         try:
-            temporary.write_text(json.dumps(status))
-            os.replace(temporary, self.pod_dir / STATUS_FILE)
+            status.write(self.pod_dir.status)
         except OSError:
             self._status_unsaved = True
             return False
         self._status_unsaved = False
         return True
-
-
-def _child_terminal(slave: int) -> None:
-    os.setsid()
-    for target in (0, 1, 2):
-        os.dup2(slave, target)
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-    if slave > 2:
-        os.close(slave)
 
 
 def _child_stdio(null: int, out_w: int, err_w: int) -> None:
@@ -442,17 +400,11 @@ def _child_stdio(null: int, out_w: int, err_w: int) -> None:
 def main(pod_dir: Path) -> int:
     """Entry point in the freshly cloned pod init."""
     try:
-        spec = PodSpec.load(pod_dir)
+        spec = PodSpec.load(PodDir(pod_dir).spec)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        (pod_dir / STATUS_FILE).write_text(
-            json.dumps(
-                {
-                    "state": FAILED,
-                    "reason": f"cannot read the pod spec: {err}",
-                    "final": True,
-                    "apps": {},
-                }
-            )
-        )
+        failed = InitStatus(InitState.FAILED, f"cannot read the pod spec: {err}", final=True,
+                            updated_at=time.time())  # fmt: skip
+        with contextlib.suppress(OSError):
+            failed.write(PodDir(pod_dir).status)
         return 1
     return PodInit(pod_dir, spec).run()

@@ -9,9 +9,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SPEC_FILE = "runtime.json"
-STATUS_FILE = "status.json"
-STOP_FILE = "stop.json"
 # The OOM killer's bias (-1000..1000) for what runs in pods: above kurmad's and PID 1's (0, or
 # lower where kurmad may lower it), so a pod is taken first; its apps before its pod init,
 # whose end would take every app with it. Raising a score needs no privilege.
@@ -122,7 +119,6 @@ class PodSpec:
     hostname: str
     apps: list[AppSpec]
     hosts: str  # /etc/hosts for apps whose image has none
-    resolv_conf: str
     sysctls: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     # cgroup.procs files to join: "init" for the pod init, an app's name for that app
@@ -144,5 +140,5 @@ class PodSpec:
         return cls(**data)
 
     @classmethod
-    def load(cls, pod_dir: Path) -> PodSpec:
-        return cls.from_json(json.loads((pod_dir / SPEC_FILE).read_bytes()))
+    def load(cls, path: Path) -> PodSpec:
+        return cls.from_json(json.loads(path.read_bytes()))
