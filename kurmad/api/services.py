@@ -4,6 +4,7 @@ image store and host that everything else uses (the API is the only door)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import select
@@ -17,6 +18,7 @@ import grpc
 from kurmad.appc import PodManifest, loads
 from kurmad.host.control import Host
 from kurmad.images.store import ImageStore
+from kurmad.images.streams import ChunkReader
 from kurmad.linux import tty
 from kurmad.pods.builder import RunRequest, manifest_for_run
 from kurmad.pods.events import EventBus
@@ -29,6 +31,7 @@ from .v1 import kurma_pb2 as pb
 from .v1 import kurma_pb2_grpc as rpc
 
 _READ = 65536
+_IMPORT_BUFFER = 1 << 20  # as large as the chunks a client sends (client.CHUNK)
 # The longest grace or timeout a request may ask for (a day), and GC's age (ten years).
 MAX_SECONDS = 86400.0
 MAX_GC_GRACE = 10 * 365 * 86400.0
@@ -323,26 +326,6 @@ class _Session:
                     yield pb.ExecResponse(stderr=data)
 
 
-class _ChunkReader:
-    """A file-like reader over the chunks of an Import stream."""
-
-    def __init__(self, chunks: Iterator[pb.ImportChunk]) -> None:
-        self._chunks = chunks
-        self._buffer = b""
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk.data
-        if size < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
-
-
 class ImagesService(rpc.ImagesServicer):
     def __init__(self, store: ImageStore, events: EventBus) -> None:
         self.store = store
@@ -355,7 +338,8 @@ class ImagesService(rpc.ImagesServicer):
     def Import(
         self, requests: Iterator[pb.ImportChunk], context: grpc.ServicerContext
     ) -> pb.ImportResponse:
-        result = self.store.import_stream(_ChunkReader(requests))  # type: ignore[arg-type]
+        chunks = ChunkReader(chunk.data for chunk in requests)
+        result = self.store.import_stream(io.BufferedReader(chunks, buffer_size=_IMPORT_BUFFER))
         if result.created:
             self.events.emit("image", "imported", result.record.id, result.record.name)
         return pb.ImportResponse(image=self._image(result.record), created=result.created)

@@ -82,7 +82,7 @@ def open_decompressed(
     chunks = _decoder_for(compression)(raw)
     if threaded:
         chunks = _prefetch(chunks)
-    return io.BufferedReader(_ChunkReader(chunks), buffer_size=_CHUNK)
+    return io.BufferedReader(ChunkReader(chunks), buffer_size=_CHUNK)
 
 
 _CHUNK = 1 << 20  # the largest piece of output produced at once
@@ -246,8 +246,9 @@ class ZstdFrameTracker:
         self._state = "magic"
 
 
-class _ChunkReader(io.RawIOBase):
-    """A raw reader over an iterator of byte chunks."""
+class ChunkReader(io.RawIOBase):
+    """A raw reader over an iterator of byte chunks (a decoder's output, an Import stream's
+    messages); wrap it in io.BufferedReader for reads of any size."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
