@@ -165,7 +165,7 @@ def test_a_retain_set_keeps_the_argument_rules() -> None:
     retain = Isolator.from_json(
         {"name": "os/linux/seccomp-retain-set", "value": {"set": ["clone", "clone3", "read"]}}, ""
     )
-    policy = app_policy([retain], [])
+    policy = app_policy([retain])
     assert policy.seccomp is not None and "clone" in policy.seccomp.arguments
     program = seccomp.compile_filter(filter_of(policy.seccomp))
     assert program is not None
@@ -177,7 +177,7 @@ def test_a_retain_set_keeps_the_argument_rules() -> None:
     everything = Isolator.from_json(
         {"name": "os/linux/seccomp-retain-set", "value": {"set": [seccomp.APPC_ALL]}}, ""
     )
-    policy = app_policy([everything], [])
+    policy = app_policy([everything])
     assert policy.seccomp is not None
     program = seccomp.compile_filter(filter_of(policy.seccomp))
     assert program is not None, "@appc.io/all still refuses namespace flags"
@@ -190,7 +190,7 @@ def test_a_remove_set_adds_to_the_default() -> None:
     remove = Isolator.from_json(
         {"name": "os/linux/seccomp-remove-set", "value": {"set": ["mkdir"], "errno": "EACCES"}}, ""
     )
-    policy = app_policy([remove], [])
+    policy = app_policy([remove])
     assert policy.seccomp is not None
     program = seccomp.compile_filter(filter_of(policy.seccomp))
     assert program is not None
@@ -328,7 +328,7 @@ def test_a_retain_set_that_lists_clone_still_refuses_namespaces() -> None:
     retain = Isolator.from_json(
         {"name": "os/linux/seccomp-retain-set", "value": {"set": list(SYSCALLS_X86_64)}}, ""
     )
-    policy = app_policy([retain], [])
+    policy = app_policy([retain])
     assert policy.seccomp is not None
     program = seccomp.compile_filter(filter_of(policy.seccomp))
     assert program is not None

@@ -9,6 +9,9 @@ from .errors import ValidationError, quote
 from .namedvalues import NamedValues
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+# ace.md §Execution Environment: the PATH of an app that sets none (the executor's helpers,
+# CNI plugins among them, get the same)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def check_env_name(name: str, path: str) -> str:

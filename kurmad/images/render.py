@@ -20,14 +20,18 @@ import os
 import stat
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kurmad.appc import Dependency, ImageID
-from kurmad.linux.files import copy_metadata, fsync_dir, remove_tree, write_json_atomic
+from kurmad.linux.files import copy_metadata, fsync_dir, read_json, remove_tree, write_json_atomic
 
-from .store import RENDER_INFO, RENDERS, TMP, ImageNotFound, ImageRecord, ImageStore, StoreError
+from .store import TMP, ImageNotFound, ImageRecord, ImageStore, StoreError
+
+RENDERS = "renders"  # the cache, in the store's root
+RENDER_INFO = "render.json"  # in each render: the layers it was built from
 
 # A DAG with shared dependencies is applied once per path; refuse stacks that explode.
 MAX_LAYERS = 256
@@ -255,6 +259,50 @@ def _needs_no_render(layers: Sequence[Layer]) -> bool:
     return len(layers) == 1 and not layers[0].whitelists
 
 
+class RenderCache:
+    """The renders of one store, under its ``renders/``: this module's alone. Attached to the
+    store (ImageStore.attach) so that deleting an image drops the renders it was part of."""
+
+    def __init__(self, store: ImageStore) -> None:
+        self.store = store
+        self.root = store.root / RENDERS
+        self.root.mkdir(exist_ok=True)
+
+    def drop(self, keep: Callable[[list[str]], bool]) -> list[Path]:
+        """Move out of sight the renders whose layers ``keep`` rejects, and unreadable ones:
+        they rebuild on demand. Returns where they went, to be removed."""
+        doomed = []
+        for entry in self.root.iterdir():
+            try:
+                layers = read_json(entry / RENDER_INFO)["layers"]
+            except (OSError, ValueError, KeyError):
+                layers = None
+            if layers is None or not keep(layers):
+                target = self.store.doomed_path("unrender", entry.name[:16])
+                try:
+                    os.rename(entry, target)
+                except FileNotFoundError:
+                    continue  # a render build replacing its crashed predecessor took it
+                doomed.append(target)
+        return doomed
+
+
+_caches: weakref.WeakKeyDictionary[ImageStore, RenderCache] = weakref.WeakKeyDictionary()
+_caches_guard = threading.Lock()
+
+
+def cache_of(store: ImageStore) -> RenderCache:
+    """The store's render cache, attached to it at first use (when renders of images deleted
+    while none was attached are dropped too)."""
+    with _caches_guard:
+        cache = _caches.get(store)
+        if cache is None:
+            cache = _caches[store] = RenderCache(store)
+            store.attach(cache)
+            store.sweep_derived(cache)
+        return cache
+
+
 def render(store: ImageStore, record: ImageRecord) -> Path:
     """The rendered root filesystem of ``record``, read-only and shared: the store's own
     rootfs for a plain image, else a cached tree of hard links built on first use."""
@@ -262,7 +310,7 @@ def render(store: ImageStore, record: ImageRecord) -> Path:
     if _needs_no_render(layers):
         return layers[0].rootfs
     key = _render_key(layers)
-    done = store.root / RENDERS / key
+    done = cache_of(store).root / key
     holder = f"render {key} ({uuid.uuid4().hex[:8]})"
     try:
         # Held while building, so no layer can be deleted from under the build.

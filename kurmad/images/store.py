@@ -4,7 +4,7 @@ Layout under the store root::
 
     store.lock              held (flock) by the one process using the store
     images/<hex digest>/    one committed image: manifest, info.json, rootfs/
-    renders/<key>/          rendered root filesystems of images with dependencies (render.py)
+    renders/<key>/          rendered root filesystems of images with dependencies: render.py's
     tmp/                    imports in progress and deletions under way; swept at start-up
 
 An import extracts into ``tmp/`` while it hashes, and only a complete, synced image is renamed
@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from kurmad.appc import AppString, ImageID, ImageManifest, SemVer, ValidationError, host_os_arch
 from kurmad.linux.files import fsync_dir, read_json, remove_tree, write_atomic, write_json_atomic
@@ -40,8 +40,6 @@ from .aci import AciError, scan
 from .extract import DEFAULT_POLICY, ExtractPolicy, SafeExtractor
 
 IMAGES = "images"
-RENDERS = "renders"
-RENDER_INFO = "render.json"
 TMP = "tmp"
 INFO = "info.json"
 MANIFEST = "manifest"
@@ -56,6 +54,15 @@ MIN_FREE_FRACTION = 0.10
 FREE_SPACE_TTL = 1.0
 
 log = logging.getLogger("kurmad.images")
+
+
+class Derived(Protocol):
+    """What is built from images and must go when one of them does."""
+
+    def drop(self, keep: Callable[[list[str]], bool]) -> list[Path]:
+        """Move out of sight (into the store's tmp/, with ``doomed_path``) what was built
+        from layers that ``keep`` rejects; return where it went, to be removed."""
+        ...
 
 
 class StoreError(Exception):
@@ -248,11 +255,12 @@ class ImageStore:
         # durable: sync the filesystem before an image becomes visible, so a power cut never
         # leaves a committed image with missing data. Only tests and benchmarks turn it off.
         self.durable = durable
-        for sub in (IMAGES, RENDERS, TMP):
+        for sub in (IMAGES, TMP):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock_store(root)
         self._lock = threading.RLock()
         self._holds: dict[str, set[ImageID]] = {}
+        self._derived: list[Derived] = []
         self._sweep_tmp()
         self._index = self._load_index()
         floor = _FreeSpaceFloor(root, min_free_fraction) if min_free_fraction else None
@@ -455,42 +463,40 @@ class ImageStore:
                 if record.imported_at <= cutoff and not self.holders(record.id):
                     doomed += self._unlink(record)
                     removed.append(record)
-            doomed += self._drop_renders(lambda layers: all(i in self._index for i in layers))
+            doomed += self._drop_derived(lambda layers: all(i in self._index for i in layers))
         self._remove(doomed)
         return removed
 
     def _unlink(self, record: ImageRecord) -> list[Path]:
-        """Make the image and its renders disappear atomically and give back its quota; the
+        """Make the image and what was built from it disappear atomically and give back its quota; the
         trees to remove once the lock is released."""
-        doomed = self._doomed_path("delete", record.id.digest[:16])
+        doomed = self.doomed_path("delete", record.id.digest[:16])
         os.rename(self._image_dir(record.id), doomed)
         del self._index[record.id]
         self._quota.release(record.size)
         return [doomed, *self._on_delete(record.id)]
 
     def _on_delete(self, image_id: ImageID) -> list[Path]:
-        return self._drop_renders(lambda layers: image_id not in layers)
+        return self._drop_derived(lambda layers: image_id not in layers)
 
-    def _drop_renders(self, keep: Callable[[list[str]], bool]) -> list[Path]:
-        """Move out of renders/ the cached renders (render.py builds them there, each with the
-        list of its layers) that ``keep`` rejects, and unreadable ones: they rebuild on demand.
-        Returns where they went, to be removed."""
-        doomed = []
-        for entry in (self.root / RENDERS).iterdir():
-            try:
-                layers = read_json(entry / RENDER_INFO)["layers"]
-            except (OSError, ValueError, KeyError):
-                layers = None
-            if layers is None or not keep(layers):
-                target = self._doomed_path("unrender", entry.name[:16])
-                try:
-                    os.rename(entry, target)
-                except FileNotFoundError:
-                    continue  # a render build replacing its crashed predecessor took it
-                doomed.append(target)
-        return doomed
+    def attach(self, derived: Derived) -> None:
+        """Keep ``derived`` (what is built from images, such as render.py's renders) in step
+        with deletions: it drops what an image that goes was part of."""
+        with self._lock:
+            self._derived.append(derived)
 
-    def _doomed_path(self, kind: str, name: str) -> Path:
+    def sweep_derived(self, derived: Derived) -> None:
+        """Drop what ``derived`` built from images that are gone (deleted while it was not
+        attached, by an earlier run, say)."""
+        with self._lock:
+            doomed = derived.drop(lambda layers: all(i in self._index for i in layers))
+        self._remove(doomed)
+
+    def _drop_derived(self, keep: Callable[[list[str]], bool]) -> list[Path]:
+        return [path for derived in self._derived for path in derived.drop(keep)]
+
+    def doomed_path(self, kind: str, name: str) -> Path:
+        """Where something leaving the store goes (under its lock) to be removed later."""
         return self.root / TMP / f"{kind}-{name}-{uuid.uuid4().hex[:8]}"
 
     @staticmethod

@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kurmad.appc.environment import DEFAULT_PATH
+from kurmad.linux.syscalls import CLONE_NEWNET
+
 log = logging.getLogger("kurmad.net.cni")
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0")  # CHECK and prevResult on DEL came with 0.4.0
 DEFAULT_PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")  # Debian's package, then upstream's
 DEFAULT_TIMEOUT = 10.0
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # The spec's well-known error codes; 100 and up are plugin-specific, and 999 is libcni's
 # "internal" code, which the reference plugins give for most of their errors.
@@ -51,7 +53,6 @@ ERROR_CODES = {
 CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 EXCERPT = 200  # characters of a plugin's stray output quoted in an error
 NS_GET_NSTYPE = 0xB703  # ioctl(2) on a namespace file, Linux >= 4.11
-CLONE_NEWNET = 0x40000000
 
 
 class CniError(Exception):

@@ -116,6 +116,8 @@ class NetworkPlan:
         if not isinstance(networks, list) or not isinstance(ports, list):
             raise PlanError("network: networks and ports must be lists")
         return cls(
-            tuple(Attachment.from_json(n, f"network.networks[{i}]") for i, n in enumerate(networks)),
+            tuple(
+                Attachment.from_json(n, f"network.networks[{i}]") for i, n in enumerate(networks)
+            ),
             tuple(PublishedPort.from_json(p, f"network.ports[{i}]") for i, p in enumerate(ports)),
         )

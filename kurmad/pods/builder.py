@@ -25,6 +25,7 @@ from kurmad.appc import (
     Volume,
     sanitize_ac_name,
 )
+from kurmad.appc.environment import DEFAULT_PATH
 from kurmad.appc.volumes import KIND_HOST
 from kurmad.images.render import RenderError, layer_ids, render
 from kurmad.images.store import ImageNotFound, ImageRecord, ImageStore, StoreError
@@ -33,6 +34,7 @@ from kurmad.runtime.isolators import (
     API_SOCKET_ISOLATOR,
     DEVICES_ISOLATOR,
     AppPolicy,
+    Found,
     IsolatorError,
     Report,
     app_policy,
@@ -52,8 +54,6 @@ HOST_NETWORK_ANNOTATION = "kurmad.io/host-network"
 # without it, the host's default network.
 NETWORKS_ANNOTATION = "kurmad.io/networks"
 
-# ace.md §Execution Environment
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXECUTOR_NAME = "kurmad"
 
 
@@ -96,11 +96,12 @@ def resolve_pod(manifest: PodManifest, store: ImageStore) -> ResolvedPod:
         raise InvalidPod("the pod has no apps")
     report = Report()
     try:
-        limits = limits_of(manifest.isolators, report)
-        sysctls = sysctls_of(manifest.isolators, report)
+        pod_isolators = Found(manifest.isolators)
+        limits = limits_of(pod_isolators, report)
+        sysctls = sysctls_of(pod_isolators, report)
     except IsolatorError as err:
         raise InvalidPod(f"isolators: {err}") from None
-    apps = [_resolve_app(manifest, runtime, store) for runtime in manifest.apps]
+    apps = [_resolve_app(manifest, runtime, store, pod_isolators) for runtime in manifest.apps]
     for app in apps:
         sysctls.update(app.policy.sysctls)
     host_network = _host_network(manifest)
@@ -144,7 +145,9 @@ def _host_network(manifest: PodManifest) -> bool:
     return value == "true"
 
 
-def _resolve_app(manifest: PodManifest, runtime: RuntimeApp, store: ImageStore) -> ResolvedApp:
+def _resolve_app(
+    manifest: PodManifest, runtime: RuntimeApp, store: ImageStore, pod_isolators: Found
+) -> ResolvedApp:
     where = f"app {runtime.name}"
     image = _find_image(runtime, store, where)
     app = runtime.app or image.manifest.app
@@ -158,7 +161,7 @@ def _resolve_app(manifest: PodManifest, runtime: RuntimeApp, store: ImageStore) 
         )
     _check_no_nul(app, where)
     try:
-        policy = app_policy(app.isolators, manifest.isolators)
+        policy = app_policy(app.isolators, pod_isolators)
     except IsolatorError as err:
         raise InvalidPod(f"{where}: {err}") from None
     mounts = _mounts(manifest, runtime, app, where)

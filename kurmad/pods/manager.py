@@ -180,7 +180,9 @@ class PodManager:
     def cgroup(self, ref: str, app: str | None = None) -> Cgroup:
         """The pod's cgroup (with ``app``: that app's leaf), for accounting and inspection."""
         record = self._find(ref)
-        return self._cgroups.cgroup(record.uuid, None if app is None else self._app_name(record, app))
+        return self._cgroups.cgroup(
+            record.uuid, None if app is None else self._app_name(record, app)
+        )
 
     # -- create ---------------------------------------------------------------------------------
 

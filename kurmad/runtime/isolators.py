@@ -10,9 +10,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from kurmad.appc import DEFAULT_CAPABILITIES, Isolator
+from kurmad.appc import DEFAULT_CAPABILITIES, Isolator, IsolatorValue
 from kurmad.appc import isolators as iso
 from kurmad.appc.quantity import Quantity
 from kurmad.linux import capabilities, seccomp
@@ -28,6 +28,7 @@ _SYSCTL_KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
 # for the admin role (pods/privileges.py).
 DEVICES_ISOLATOR = "kurmad.io/devices"
 API_SOCKET_ISOLATOR = "kurmad.io/api-socket"
+OWN_ISOLATORS = (DEVICES_ISOLATOR, API_SOCKET_ISOLATOR)
 # The least memory a pod can be held to (Docker's floor): below it even a shell cannot start.
 MIN_MEMORY = 6 * 2**20
 # The largest limit a cgroup file takes (a signed 64-bit number); bigger quantities are typos.
@@ -69,6 +70,34 @@ class Report:
                    [Ignored(str(i["name"]), str(i["reason"])) for i in data.get("ignored", [])])  # fmt: skip
 
 
+T = TypeVar("T", bound=IsolatorValue)
+
+
+class Found:
+    """The isolators of an app or a pod, indexed in one walk: by kind (the last of a kind wins,
+    as appc says), kurmad's own by name, and the names this executor does not know."""
+
+    def __init__(self, isolators: Iterable[Isolator] = ()) -> None:
+        self._by_kind: dict[type[IsolatorValue], IsolatorValue] = {}
+        self._own: dict[str, Any] = {}
+        self.unknown: list[str] = []
+        for isolator in isolators:
+            if isolator.known:
+                self._by_kind[type(isolator.value)] = isolator.value
+            elif isolator.name in OWN_ISOLATORS:
+                self._own[isolator.name] = isolator.value.to_json()
+            else:
+                self.unknown.append(isolator.name)
+
+    def get(self, kind: type[T]) -> T | None:
+        value = self._by_kind.get(kind)
+        return value if isinstance(value, kind) else None
+
+    def own(self, name: str) -> Any:
+        """The JSON value of one of kurmad's own isolators, or None."""
+        return self._own.get(name)
+
+
 @dataclass
 class AppPolicy:
     capabilities: list[str]
@@ -84,20 +113,20 @@ class AppPolicy:
     report: Report = field(default_factory=Report)
 
 
-def limits_of(isolators: Sequence[Isolator], report: Report) -> Limits:
+def limits_of(found: Found, report: Report) -> Limits:
     """The cgroup limits the isolators ask for; a limit the kernel cannot honour (no memory
     to run in, no CPU time, a number no cgroup file takes) is refused."""
-    memory = iso.find_isolator(isolators, iso.ResourceMemory)
-    cpu = iso.find_isolator(isolators, iso.ResourceCPU)
-    shares = iso.find_isolator(isolators, iso.CPUShares)
-    bandwidth = iso.find_isolator(isolators, iso.ResourceBlockBandwidth)
-    iops = iso.find_isolator(isolators, iso.ResourceBlockIOPS)
-    for found, name in ((memory, "resource/memory"), (cpu, "resource/cpu"), (shares, "os/linux/cpu-shares"),
+    memory = found.get(iso.ResourceMemory)
+    cpu = found.get(iso.ResourceCPU)
+    shares = found.get(iso.CPUShares)
+    bandwidth = found.get(iso.ResourceBlockBandwidth)
+    iops = found.get(iso.ResourceBlockIOPS)
+    for value, name in ((memory, "resource/memory"), (cpu, "resource/cpu"), (shares, "os/linux/cpu-shares"),
                         (bandwidth, "resource/block-bandwidth"), (iops, "resource/block-iops")):  # fmt: skip
-        if found is not None:
+        if value is not None:
             report.enforced.append(name)
     _check_limits(memory, cpu, bandwidth, iops)
-    if iso.find_isolator(isolators, iso.ResourceNetworkBandwidth) is not None:
+    if found.get(iso.ResourceNetworkBandwidth) is not None:
         report.ignore(
             "resource/network-bandwidth", "not enforced: pod networks have no traffic shaper yet"
         )
@@ -139,13 +168,13 @@ def _check_quantity(name: str, quantity: Quantity, least: Decimal, least_text: s
         raise IsolatorError(f"{name}: {quantity} is larger than any limit the kernel takes")
 
 
-def sysctls_of(isolators: Sequence[Isolator], report: Report) -> dict[str, str]:
+def sysctls_of(found: Found, report: Report) -> dict[str, str]:
     """The sysctls to set in the pod. Keys outside the pod's namespaces are kept here: they
     need the admin role (pods/privileges.py), which decides."""
-    found = iso.find_isolator(isolators, iso.Sysctl)
-    if found is None:
+    sysctl = found.get(iso.Sysctl)
+    if sysctl is None:
         return {}
-    values = dict(found.values)
+    values = dict(sysctl.values)
     for key, value in values.items():
         if not _SYSCTL_KEY.fullmatch(key):
             raise IsolatorError(
@@ -161,35 +190,35 @@ def namespaced_sysctl(key: str) -> bool:
     return key.startswith(NAMESPACED_SYSCTL_PREFIXES)
 
 
-def app_policy(isolators: Sequence[Isolator], pod_isolators: Sequence[Isolator]) -> AppPolicy:
+def app_policy(isolators: Sequence[Isolator], pod: Found | None = None) -> AppPolicy:
+    """What the executor does for an app with ``isolators`` in a pod with ``pod``'s (which
+    name the AppArmor profile and SELinux context of apps that give none)."""
+    found, pod = Found(isolators), pod or Found()
     report = Report()
-    caps = _capabilities(isolators, report)
+    caps = _capabilities(found, report)
     policy = AppPolicy(capabilities=sorted(caps), report=report)
-    nnp = iso.find_isolator(isolators, iso.NoNewPrivileges)
+    nnp = found.get(iso.NoNewPrivileges)
     if nnp is not None:
         policy.no_new_privileges = nnp.enabled
         report.enforced.append(iso.NoNewPrivileges.NAME)
-    policy.seccomp = _seccomp(isolators, caps, report)
-    oom = iso.find_isolator(isolators, iso.OOMScoreAdj)
+    policy.seccomp = _seccomp(found, caps, report)
+    oom = found.get(iso.OOMScoreAdj)
     if oom is not None:
         policy.oom_score_adj = oom.value
         report.enforced.append(iso.OOMScoreAdj.NAME)
-    policy.apparmor_profile = _apparmor(isolators, pod_isolators, report)
-    policy.selinux_context = _selinux(isolators, pod_isolators, report)
-    policy.limits = limits_of(isolators, report)
-    policy.sysctls = sysctls_of(isolators, report)
-    policy.devices = devices_of(_raw(isolators, DEVICES_ISOLATOR), report)
-    policy.api_socket = api_socket_of(_raw(isolators, API_SOCKET_ISOLATOR), report)
-    for isolator in isolators:
-        if not isolator.known and isolator.name not in (DEVICES_ISOLATOR, API_SOCKET_ISOLATOR):
-            report.ignore(isolator.name, "unknown isolator")
+    policy.apparmor_profile = _apparmor(
+        found.get(iso.AppArmorProfile) or pod.get(iso.AppArmorProfile), report
+    )
+    policy.selinux_context = _selinux(
+        found.get(iso.SELinuxContext) or pod.get(iso.SELinuxContext), report
+    )
+    policy.limits = limits_of(found, report)
+    policy.sysctls = sysctls_of(found, report)
+    policy.devices = devices_of(found.own(DEVICES_ISOLATOR), report)
+    policy.api_socket = api_socket_of(found.own(API_SOCKET_ISOLATOR), report)
+    for name in found.unknown:
+        report.ignore(name, "unknown isolator")
     return policy
-
-
-def _raw(isolators: Sequence[Isolator], name: str) -> Any:
-    """The value of the last isolator named ``name`` (kurmad's own, which appc keeps raw)."""
-    values = [i.value.to_json() for i in isolators if i.name == name]
-    return values[-1] if values else None
 
 
 def devices_of(value: Any, report: Report) -> list[DeviceSpec]:
@@ -241,9 +270,9 @@ def api_socket_of(value: Any, report: Report) -> str | None:
     return os.path.normpath(path)
 
 
-def _capabilities(isolators: Sequence[Isolator], report: Report) -> set[str]:
-    retain = iso.find_isolator(isolators, iso.CapabilitiesRetainSet)
-    remove = iso.find_isolator(isolators, iso.CapabilitiesRemoveSet)
+def _capabilities(found: Found, report: Report) -> set[str]:
+    retain = found.get(iso.CapabilitiesRetainSet)
+    remove = found.get(iso.CapabilitiesRemoveSet)
     try:
         if retain is not None:
             capabilities.numbers(retain.set)
@@ -258,9 +287,9 @@ def _capabilities(isolators: Sequence[Isolator], report: Report) -> set[str]:
     return set(DEFAULT_CAPABILITIES)
 
 
-def _seccomp(isolators: Sequence[Isolator], caps: set[str], report: Report) -> SeccompSpec | None:
-    remove = iso.find_isolator(isolators, iso.SeccompRemoveSet)
-    retain = iso.find_isolator(isolators, iso.SeccompRetainSet)
+def _seccomp(found: Found, caps: set[str], report: Report) -> SeccompSpec | None:
+    remove = found.get(iso.SeccompRemoveSet)
+    retain = found.get(iso.SeccompRetainSet)
     chosen = remove or retain
     if not seccomp.supported():
         if chosen is not None:
@@ -303,10 +332,7 @@ def filter_of(spec: SeccompSpec) -> seccomp.Filter:
     )
 
 
-def _apparmor(isolators: Sequence[Isolator], pod: Sequence[Isolator], report: Report) -> str | None:
-    found = iso.find_isolator(isolators, iso.AppArmorProfile) or iso.find_isolator(
-        pod, iso.AppArmorProfile
-    )
+def _apparmor(found: iso.AppArmorProfile | None, report: Report) -> str | None:
     if found is None:
         return None
     if not Path("/sys/kernel/security/apparmor").exists():
@@ -319,10 +345,7 @@ def _apparmor(isolators: Sequence[Isolator], pod: Sequence[Isolator], report: Re
     return found.profile
 
 
-def _selinux(isolators: Sequence[Isolator], pod: Sequence[Isolator], report: Report) -> str | None:
-    found = iso.find_isolator(isolators, iso.SELinuxContext) or iso.find_isolator(
-        pod, iso.SELinuxContext
-    )
+def _selinux(found: iso.SELinuxContext | None, report: Report) -> str | None:
     if found is None:
         return None
     if not Path("/sys/fs/selinux/enforce").exists():
