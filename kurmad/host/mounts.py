@@ -9,8 +9,6 @@ import stat
 
 from kurmad.linux import syscalls as sc
 
-RAMFS_MAGIC = 0x858458F6
-TMPFS_MAGIC = 0x01021994
 _NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
 # (source, target, type, flags, data)

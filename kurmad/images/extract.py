@@ -57,7 +57,6 @@ class ExtractResult:
     # rendering must not let them override a lower layer's real directory.
     implied_dirs: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
-    bytes_written: int = 0
 
 
 @dataclass
@@ -229,7 +228,6 @@ class SafeExtractor:
             source = tar.extractfile(member)
             assert source is not None
             _copy_to_fd(source, fd, member.size, self._charge)  # writing clears capabilities
-            self.result.bytes_written += member.size
             if self._as_root:
                 os.fchown(fd, member.uid, member.gid)  # clears capabilities too: xattrs after
             self._apply_xattrs(fd, relative, _xattrs(member))

@@ -302,14 +302,6 @@ class Cgroup:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    def memory_usage(self) -> int | None:
-        directory = self._dir("memory")
-        if directory is None:
-            return None
-        name = "memory.usage_in_bytes" if self.version["memory"] == 1 else "memory.current"
-        value = _read(directory / name)
-        return int(value) if value.isdigit() else None
-
     def remove(self, timeout: float = 2.0) -> None:
         """Remove this cgroup and its children, killing what is left in them."""
         deadline = time.monotonic() + timeout

@@ -113,11 +113,3 @@ class Pod:
 
     def app(self, name: str) -> AppStatus | None:
         return next((a for a in self.apps if a.name == name), None)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "uuid": self.uuid, "name": self.name, "state": self.state.value, "reason": self.reason,
-            "created_at": self.created_at, "started_at": self.started_at,
-            "finished_at": self.finished_at, "stopping": self.stopping,
-            "apps": [a.to_json() for a in self.apps], "manifest": self.manifest.to_json(),
-        }  # fmt: skip
