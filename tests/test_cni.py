@@ -454,7 +454,9 @@ def recorded(record: Path) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
     return calls
 
 
-def test_environment_stdin_and_result_chaining(tmp_path: Path) -> None:
+def chained_calls(tmp_path: Path) -> tuple[list[Any], CniResult, Path, list[dict[str, Any]]]:
+    """ADD, CHECK and DEL through a list of two recording plugins: what each was given, the
+    result, the plugins' directory and the port mappings passed as a capability."""
     record = tmp_path / "record"
     record.mkdir()
     bin_dir = tmp_path / "bin"
@@ -479,8 +481,11 @@ def test_environment_stdin_and_result_chaining(tmp_path: Path) -> None:
     )
     network.check("ctr-1", "/run/netns/fake", "eth1", result)
     network.delete("ctr-1", "/run/netns/fake", "eth1", result)
+    return recorded(record), result, bin_dir, ports
 
-    calls = recorded(record)
+
+def test_environment_stdin_and_result_chaining(tmp_path: Path) -> None:
+    calls, result, bin_dir, ports = chained_calls(tmp_path)
     assert [(plugin, env["CNI_COMMAND"]) for plugin, env, _ in calls] == [
         ("ktrec1", "ADD"),
         ("ktrec2", "ADD"),
