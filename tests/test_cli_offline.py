@@ -224,3 +224,30 @@ def test_zstd_built_by_kurmactl_reads_with_the_zstandard_library(tmp_path: Path)
     )
     tar = zstandard.ZstdDecompressor().stream_reader(out.read_bytes()).read()
     assert tar[257:262] == b"ustar"
+
+
+HEAVY = ("grpc", "google.protobuf", "yaml", "kurmad.appc", "kurmad.api", "kurmad.client")
+
+
+def loaded_after(code: str) -> set[str]:
+    """The heavy modules a fresh interpreter has loaded after running ``code``."""
+    probe = f"import sys\n{code}\nprint(*sorted(m for m in sys.modules if m.startswith({HEAVY})))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(result.stdout.splitlines()[-1].split())
+
+
+def test_the_parser_loads_no_heavy_module() -> None:
+    # What keeps `kurmactl --help` fast: the nouns import their handlers' needs in the handlers.
+    assert loaded_after("from kurmad.cli import kurmactl; kurmactl.build_parser()") == set()
+
+
+def test_an_offline_verb_loads_no_grpc(tmp_path: Path) -> None:
+    out = tmp_path / "img.aci"
+    assert kurmactl("image", "build", image_dir(tmp_path), "-o", out).returncode == 0
+    loaded = loaded_after(
+        f"from kurmad.cli import kurmactl; kurmactl.main(['image', 'validate', {str(out)!r}])"
+    )
+    assert "kurmad.appc" in loaded  # the probe sees what the verb loads
+    assert not {m for m in loaded if m.startswith(("grpc", "google.protobuf", "kurmad.client"))}

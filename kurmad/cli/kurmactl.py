@@ -3,61 +3,34 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from kurmad import __version__
 
-from . import verbs as definitions
+from . import connection, host, images, offline, pods
 from .output import CliError, error_line
 
 PROG = "kurmactl"
 
-
-def _connection_options(parser: argparse.ArgumentParser, default: object) -> None:
-    parser.add_argument(
-        "--host",
-        default=default,
-        help="unix:///path or HOST:PORT (default: $KURMA_HOST, else the local socket)",
-    )
-    parser.add_argument(
-        "--tls-dir",
-        type=Path,
-        default=default,
-        help="client bundle for TCP (default: $KURMA_TLS_DIR)",
-    )
-    parser.add_argument("--insecure", action="store_true", default=default, help="TCP without TLS")
+# What every verb sets as its handler: the function that runs it, returning the exit code.
+Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser, noun by noun; each noun module holds its verbs' flags and handlers."""
     parser = argparse.ArgumentParser(prog=PROG, description="Drive a kurmad host and its pods.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    _connection_options(parser, None)
+    connection.add_options(parser, None)
     parser.set_defaults(insecure=False)
-    # The same options after the verb; SUPPRESS keeps them from overriding ones given before it.
-    connection = argparse.ArgumentParser(add_help=False)
-    _connection_options(connection, argparse.SUPPRESS)
+    after_verb = connection.after_verb()
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    definitions.add_pod_verbs(verbs, connection)
-    image = verbs.add_parser("image", help="build, check and manage images")
-    image_verbs = image.add_subparsers(dest="image_verb", metavar="VERB", required=True)
-    definitions.add_image_verbs(image_verbs)
-    definitions.add_online_image_verbs(image_verbs, connection)
-    manifest = verbs.add_parser("manifest", help="check manifests")
-    definitions.add_manifest_verbs(
-        manifest.add_subparsers(dest="manifest_verb", metavar="VERB", required=True)
-    )
-    definitions.add_host_verbs(verbs, connection)
+    pods.add_verbs(verbs, after_verb)
+    images.add_verbs(verbs, after_verb)
+    offline.add_manifest_verbs(verbs)
+    host.add_verbs(verbs, after_verb)
     return parser
-
-
-def _handler(name: str) -> Callable[[argparse.Namespace], int]:
-    """The function behind a verb, imported only now: offline verbs never load gRPC."""
-    module, _, function = name.partition(":")
-    return getattr(importlib.import_module(f"kurmad.cli.{module}"), function)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv[: argv.index("--")] if command is not None else argv)
     args.after_dashes = command
     try:
-        return int(_handler(args.handler)(args))
+        handler: Handler = args.handler
+        return int(handler(args))
     except CliError as err:
         error_line(PROG, str(err))
         return err.code

@@ -1,23 +1,67 @@
 """kurmactl verbs that work on files alone, with no daemon: build, check and inspect ACIs and
-manifests."""
+manifests. kurmad.appc and the ACI code are imported inside the handlers, so that building the
+parser (``kurmactl --help``) does not load them."""
 
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
-from typing import Any
-
-from kurmad import appc
-from kurmad.appc import ImageManifest, PodManifest, ValidationError
-from kurmad.images.aci import AciError, BuildOptions, build, read_aci
-from kurmad.images.streams import Compression
-from kurmad.linux.files import atomic_writer
+from typing import TYPE_CHECKING, Any
 
 from .output import fail, print_json
 
+if TYPE_CHECKING:
+    from kurmad.appc import ImageManifest, PodManifest
+
+# The compressions build writes, as streams.Compression values: spelled here, as its import is heavy.
+BUILD_COMPRESSIONS = ("gzip", "zstd", "none")
+
+
+def add_image_verbs(images: argparse._SubParsersAction) -> None:
+    build_cmd = images.add_parser("build", help="build an ACI from a directory")
+    build_cmd.add_argument(
+        "dir",
+        type=Path,
+        help="a directory holding manifest and rootfs/, or a rootfs with --manifest",
+    )
+    build_cmd.add_argument(
+        "-o", "--output", required=True, type=Path, help="the .aci file to write"
+    )
+    build_cmd.add_argument(
+        "--manifest", type=Path, help="the image manifest (JSON); DIR is then the rootfs"
+    )
+    build_cmd.add_argument("--compress", choices=BUILD_COMPRESSIONS, default="gzip")
+    build_cmd.add_argument(
+        "--keep-owners", action="store_true", help="keep file owners instead of 0:0"
+    )
+    build_cmd.add_argument("--keep-mtimes", action="store_true", help="keep modification times")
+    build_cmd.set_defaults(handler=image_build)
+
+    validate = images.add_parser("validate", help="check ACI files; exit 1 if any is invalid")
+    validate.add_argument("files", nargs="+", type=Path)
+    validate.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    validate.set_defaults(handler=image_validate)
+
+    manifest = images.add_parser("manifest", help="print the manifest of an ACI file as JSON")
+    manifest.add_argument("file", type=Path)
+    manifest.set_defaults(handler=image_manifest)
+
+
+def add_manifest_verbs(verbs: argparse._SubParsersAction) -> None:
+    manifest = verbs.add_parser("manifest", help="check manifests")
+    manifests = manifest.add_subparsers(dest="manifest_verb", metavar="VERB", required=True)
+    validate = manifests.add_parser("validate", help="check image or pod manifests (JSON)")
+    validate.add_argument("files", nargs="+", type=Path)
+    validate.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    validate.set_defaults(handler=manifest_validate)
+
 
 def image_build(args: argparse.Namespace) -> int:
+    from kurmad.images.aci import BuildOptions, build
+    from kurmad.images.streams import Compression
+    from kurmad.linux.files import atomic_writer
+
     out: Path = args.output
     if out.suffix != ".aci":
         fail(f"{out}: an image archive's name must end in .aci (aci.md)")
@@ -47,6 +91,8 @@ def _build_inputs(directory: Path, manifest_file: Path | None) -> tuple[Path, Im
 
 
 def _load_image_manifest(path: Path) -> ImageManifest:
+    from kurmad.appc import ImageManifest, ValidationError
+
     try:
         return ImageManifest.loads(path.read_bytes())
     except OSError as err:
@@ -66,6 +112,8 @@ def image_validate(args: argparse.Namespace) -> int:
 
 
 def _check_aci(path: Path) -> dict[str, Any]:
+    from kurmad.images.aci import AciError, read_aci
+
     try:
         info = read_aci(path)
     except OSError as err:
@@ -92,6 +140,8 @@ def _verdict_line(verdict: dict[str, Any]) -> str:
 
 
 def image_manifest(args: argparse.Namespace) -> int:
+    from kurmad.images.aci import AciError, read_aci
+
     try:
         info = read_aci(args.file)
     except OSError as err:
@@ -114,6 +164,8 @@ def manifest_validate(args: argparse.Namespace) -> int:
 
 
 def _check_manifest(path: Path) -> dict[str, Any]:
+    from kurmad import appc
+
     verdict: dict[str, Any] = {"file": str(path), "valid": False, "kind": None}
     try:
         document = appc.loads(path.read_bytes())
@@ -122,7 +174,7 @@ def _check_manifest(path: Path) -> dict[str, Any]:
         kind.from_json(document)
     except OSError as err:
         verdict["error"] = err.strerror or str(err)
-    except ValidationError as err:
+    except appc.ValidationError as err:
         verdict["error"] = str(err)
     else:
         verdict["valid"] = True
@@ -130,9 +182,11 @@ def _check_manifest(path: Path) -> dict[str, Any]:
 
 
 def _manifest_kind(document: Any) -> type[ImageManifest] | type[PodManifest]:
+    from kurmad import appc
+
     kind = document.get("acKind") if isinstance(document, dict) else None
     if kind == appc.ACKind.POD_MANIFEST:
-        return PodManifest
+        return appc.PodManifest
     if kind == appc.ACKind.IMAGE_MANIFEST:
-        return ImageManifest
-    raise ValidationError("acKind", 'must be "ImageManifest" or "PodManifest"')
+        return appc.ImageManifest
+    raise appc.ValidationError("acKind", 'must be "ImageManifest" or "PodManifest"')

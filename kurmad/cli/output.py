@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any, NoReturn
@@ -13,6 +14,11 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+def add_format_option(parser: argparse.ArgumentParser) -> None:
+    """The -o of every read verb."""
+    parser.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

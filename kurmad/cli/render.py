@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from kurmad.api.v1 import kurma_pb2 as pb
+
+Shown = TypeVar("Shown", bound="Message | Sequence[Message]")  # what a table prints
 
 STATE_NAMES = {value: name.removeprefix("POD_STATE_") for name, value in pb.PodState.items()}
 
@@ -46,6 +48,14 @@ def emit(data: Any, fmt: str) -> None:
         import yaml  # imported for YAML output only
 
         yaml.safe_dump(data, sys.stdout, sort_keys=False)
+
+
+def present(data: Shown, fmt: str, as_table: Callable[[Shown], None]) -> None:
+    """A message, or a list of them: printed by ``as_table`` for people, else as JSON or YAML."""
+    if fmt == "table":
+        as_table(data)
+    else:
+        emit(as_dict(data) if isinstance(data, Message) else [as_dict(m) for m in data], fmt)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
