@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kurmad.volumes import parse_volume
+
 from .connection import client
 from .output import add_format_option, fail
 
@@ -103,18 +105,10 @@ def _ports(values: list[str]) -> list[tuple[int, int, str]]:
 
 
 def _volumes(values: list[str]) -> list[tuple[str, str, bool]]:
-    out = []
-    for value in values:
-        parts = value.split(":")
-        if (
-            len(parts) not in (2, 3)
-            or not parts[0].startswith("/")
-            or not parts[1].startswith("/")
-            or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
-        ):
-            fail(f"volume {value!r}: expected /HOST/PATH:/APP/PATH[:ro]")
-        out.append((parts[0], parts[1], len(parts) == 3 and parts[2] == "ro"))
-    return out
+    try:
+        return [parse_volume(value) for value in values]
+    except ValueError as err:
+        fail(str(err))
 
 
 def _command(args: argparse.Namespace, rest: list[str]) -> list[str]:

@@ -4,44 +4,28 @@ and window sizes to the server, output back."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import queue
 import signal
-import struct
 import sys
-import termios
 import threading
-import tty
 from collections.abc import Iterator
 from typing import Any
 
 from kurmad.api.v1 import kurma_pb2 as pb
+from kurmad.linux import tty
 
 _END = object()
 
 
 def window_size() -> pb.TerminalSize:
-    try:
-        rows, columns, _, _ = struct.unpack(
-            "HHHH", fcntl.ioctl(sys.stdout.fileno(), termios.TIOCGWINSZ, b"\0" * 8)
-        )
-        return pb.TerminalSize(rows=rows, columns=columns)
-    except OSError:
-        return pb.TerminalSize(rows=24, columns=80)
+    rows, columns = tty.window_size(sys.stdout.fileno())
+    return pb.TerminalSize(rows=rows, columns=columns)
 
 
-@contextlib.contextmanager
-def raw_terminal(enabled: bool) -> Iterator[None]:
-    if not enabled or not os.isatty(0):
-        yield
-        return
-    saved = termios.tcgetattr(0)
-    tty.setraw(0)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+def raw_terminal(enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """The local terminal (stdin) raw for the session, when there is one and it is wanted."""
+    return tty.raw_mode(0, enabled)
 
 
 class Input:
