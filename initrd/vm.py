@@ -32,7 +32,7 @@ from kurmad.api.auth import TLSFiles, ensure_server_material, issue_client, usab
 from .kernel import Kernel, fetch
 
 API_PORT = 7777  # inside the VM
-OEM_TLS_DIR = "/run/kurma/oem/tls"  # where the OEM disk is mounted, see kurmad/host/boot.py
+OEM_TLS_DIR = "/run/kurma/oem/tls"  # where the OEM disk is mounted, see kurmad/host/tasks.py
 DATA_SIZE = 2 * 2**30
 QEMU = "qemu-system-x86_64"
 # KVM is not there on CI machines: TCG, with RDRAND so Python finds entropy at once.

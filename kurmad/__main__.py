@@ -24,10 +24,11 @@ from kurmad.runtime.spec import DEFAULT_PIDS_LIMIT
 if TYPE_CHECKING:
     from kurmad.api.auth import TLSFiles
     from kurmad.api.server import Daemon
-    from kurmad.host.boot import ApiSettings
+    from kurmad.core import Core, Settings
     from kurmad.host.control import Host
 
 DEFAULT_STATE_DIR = Path("/var/lib/kurmad")
+Verbs = argparse._SubParsersAction  # what add_subparsers gives
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kurmad {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    _boot_verbs(verbs)
+    _serve_verb(verbs)
+    _certs_verbs(verbs)
+    return parser
 
+
+def _boot_verbs(verbs: Verbs) -> None:
     boot = verbs.add_parser("boot", help="be PID 1: boot the machine, then serve the API")
     boot.add_argument("--config", type=Path, default=Path("/etc/kurma.yml"),
                       help="the base config file (default /etc/kurma.yml)")  # fmt: skip
@@ -49,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", type=Path)
     validate.set_defaults(func=_config_validate)
 
+
+def _serve_verb(verbs: Verbs) -> None:
     serve = verbs.add_parser("serve", help="run the API on this host (pods, images, host)")
     serve.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     serve.add_argument(
@@ -71,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pod networks (YAML: a list of networks, or networks: and default:)")  # fmt: skip
     serve.set_defaults(func=_serve)
 
+
+def _certs_verbs(verbs: Verbs) -> None:
     certs = verbs.add_parser("certs", help="client certificates for TCP access")
     certs_verbs = certs.add_subparsers(dest="certs_verb", metavar="VERB", required=True)
     client = certs_verbs.add_parser(
@@ -93,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     _tls_dir_arguments(listing)
     listing.set_defaults(func=_certs_list)
-    return parser
 
 
 def _tls_dir_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,15 +126,13 @@ def _boot(args: argparse.Namespace) -> int:
     init.main(BootOptions(config_file=args.config, cmdline=args.cmdline), _serve_booted_host)
 
 
-def _serve_booted_host(settings: ApiSettings, host: Host) -> Daemon:
-    """The API of a booted host; imported only in the daemon child, never in PID 1 (grpc
-    threads and PID 1's forks must not meet)."""
-    from kurmad.api.server import Daemon, ServeConfig
+def _serve_booted_host(core: Core, host: Host) -> Daemon:
+    """The API over a booted host's core; imported only in the daemon child, never in PID 1
+    (grpc threads and PID 1's forks must not meet). host/ may not import api/, so the boot is
+    handed this."""
+    from kurmad.api.server import Daemon
 
-    config = ServeConfig(state_dir=settings.state_dir, listen=settings.listen, insecure=settings.insecure,
-                         tls_dir=settings.tls_dir, cgroup_parent=settings.cgroup_parent,
-                         networks=settings.networks, host_volumes=settings.host_volumes)  # fmt: skip
-    return Daemon(config, host)
+    return Daemon(core, host)
 
 
 def _config_validate(args: argparse.Namespace) -> int:
@@ -139,18 +147,23 @@ def _config_validate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from kurmad.api.server import Daemon, ServeConfig
+    from kurmad.api.server import Daemon
+    from kurmad.core import Core
+
+    Daemon(Core(_serve_settings(args))).run_until_signalled()
+    return 0
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    from kurmad.core import Settings
 
     networks, default = _network_config(args.network_config)
-    config = ServeConfig(
+    return Settings(
         state_dir=args.state_dir, listen=args.listen, insecure=args.insecure, socket=args.socket,
         cgroup_parent=args.cgroup_parent, image_quota=args.image_quota, networks=tuple(networks),
         default_network=default, host_volumes=_absolute_dirs(args.allow_host_volume),
         pids_limit=_positive(args.pids_limit, "--pids-limit"),
     )  # fmt: skip
-    daemon = Daemon(config)
-    daemon.run_until_signalled()
-    return 0
 
 
 def _absolute_dirs(paths: list[Path]) -> tuple[Path, ...]:

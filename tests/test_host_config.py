@@ -21,6 +21,16 @@ from kurmad.host.config import (
     parse_file,
     validate_file,
 )
+from kurmad.host.sections import (
+    ApiConfig,
+    DiskConfig,
+    DiskMatch,
+    Hardware,
+    InitialPod,
+    InterfaceConfig,
+    NetworkConfig,
+)
+from kurmad.pods.restart import RestartPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 # every setting with a default is a known key, and the error lists them sorted
@@ -693,14 +703,14 @@ def test_cli_validate_bad_file(tmp_path: Path) -> None:
     ],
 )
 def test_initial_pod_fields_are_checked(pod: dict[str, Any], message: str) -> None:
-    config = LoadedConfig(copy.deepcopy(DEFAULTS))
+    config = LoadedConfig()
     merge_layer(config, {"initial_pods": [pod]}, "f.yml")
     assert len(config.errors) == 1 and message in config.errors[0]
     assert config.values["initial_pods"] == []
 
 
 def test_initial_pod_names_are_unique() -> None:
-    config = LoadedConfig(copy.deepcopy(DEFAULTS))
+    config = LoadedConfig()
     merge_layer(
         config,
         {"initial_pods": [{"name": "a", "image": "x"}, {"name": "a", "image": "y"}]},
@@ -721,8 +731,68 @@ def test_pod_networks_are_checked(tmp_path: Path) -> None:
 
 
 def test_the_host_paths_operators_may_mount_are_absolute(tmp_path: Path) -> None:
-    config = LoadedConfig(copy.deepcopy(DEFAULTS))
+    config = LoadedConfig()
     merge_layer(config, {"api": {"allow_host_volumes": ["/srv/data", "relative"]}}, "f.yml")
     assert "api.allow_host_volumes[1]: 'relative' must be an absolute path" in config.errors[0]
     merge_layer(config, {"api": {"allow_host_volumes": ["/srv/data"]}}, "g.yml")
     assert config.values["api"]["allow_host_volumes"] == ["/srv/data"]
+
+
+# --- the typed configuration ------------------------------------------------------------------
+
+
+def test_the_stages_read_typed_sections(tmp_path: Path) -> None:
+    text = (
+        "hostname: node-1\nmodules: [virtio_net, overlay]\nstate_dir: /data/kurmad\n"
+        "hardware: {hotplug: false}\n"
+        "disks: [{match: {label: KURMA_DATA}, format: true, mount: /var/lib/kurmad}]\n"
+        "network: {interfaces: [{match: {name: eth0}, address: 10.0.0.5/24, gateway: 10.0.0.1}],"
+        " dns: [10.0.0.1]}\n"
+        "api: {listen: '0.0.0.0:7777', tls_dir: /etc/kurma/tls, allow_host_volumes: [/srv]}\n"
+        "initial_pods:\n"
+        "  - {name: ntp, image: kurma.io/ntp, host_network: true, restart: on-failure,\n"
+        "     exec: [ntpd, 5], env: {N: 1}, volumes: ['/var/log:/log:ro'], devices: [/dev/rtc0]}\n"
+        "  - {name: job, manifest: {acKind: PodManifest}}\n"
+    )
+    config = load(base_file=write(tmp_path, "kurma.yml", text)).config
+    assert (config.hostname, config.modules, config.state_dir) == (
+        "node-1", ("virtio_net", "overlay"), Path("/data/kurmad"))  # fmt: skip
+    assert config.hardware == Hardware(coldplug=True, hotplug=False)
+    (disk,) = config.disks
+    assert disk == DiskConfig(
+        DiskMatch("label", "KURMA_DATA"), format=True, mount="/var/lib/kurmad"
+    )
+    assert (disk.wait_seconds, disk.filesystem_label) == (5.0, "KURMA_DATA")
+    (interface,) = config.network.interfaces
+    assert interface == InterfaceConfig("eth0", None, None, "10.0.0.5/24", "10.0.0.1")
+    assert (config.network.dns, config.network.link_timeout) == (("10.0.0.1",), 10.0)
+    assert config.api == ApiConfig("0.0.0.0:7777", False, "/etc/kurma/tls", ("/srv",))
+    ntp, job = config.initial_pods
+    assert ntp == InitialPod(
+        "ntp", RestartPolicy.ON_FAILURE, "kurma.io/ntp", ("ntpd", "5"), {"N": "1"},
+        (("/var/log", "/log", True),), True, ("/dev/rtc0",),
+    )  # fmt: skip
+    assert (job.restart, job.manifest, job.image) == (
+        RestartPolicy.ALWAYS,
+        {"acKind": "PodManifest"},
+        None,
+    )
+
+
+def test_the_yaml_form_parses_back_to_the_same_config(tmp_path: Path) -> None:
+    volumes = "restart: always, volumes: ['/x:/y:rw', '/p:/q:ro'], env: {A: b}}"
+    text = GOOD_FILE.replace("restart: always}", volumes) + "pod_networks: []\nimages: [/a.aci]\n"
+    loaded = load(base_file=write(tmp_path, "kurma.yml", text))
+    again = LoadedConfig()
+    merge_layer(again, loaded.values, "again")
+    assert again.errors == []
+    assert again.config == loaded.config
+
+
+def test_a_section_that_fails_keeps_its_typed_value(tmp_path: Path) -> None:
+    base = write(tmp_path, "base.yml", "network: {dns: [1.1.1.1], link_timeout: 3}\n")
+    oem = write(tmp_path, "oem.yml", "network: {dns: [nameserver]}\n")
+    config = load(base_file=base, oem_file=oem).config
+    assert config.network.dns == ("1.1.1.1",)
+    assert config.network.link_timeout == 3.0
+    assert config.network.interfaces == NetworkConfig().interfaces

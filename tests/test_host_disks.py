@@ -8,11 +8,13 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kurmad.host import disks
 from kurmad.host.mounts import mounted
+from kurmad.host.sections import DiskConfig, DiskMatch
 from kurmad.linux import syscalls as sc
 
 pytestmark = pytest.mark.skipif(
@@ -39,6 +41,11 @@ def loop(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         subprocess.run(["losetup", "-d", device], check=False)
 
 
+def entry(value: dict[str, Any]) -> DiskConfig:
+    """A disk as the boot config gives it."""
+    return DiskConfig.from_json(value, "disks[0]")
+
+
 def mkfs(device: str, label: str) -> None:
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, device], check=True)
 
@@ -57,8 +64,8 @@ def unique_label() -> str:
 def test_an_empty_disk_is_formatted_labelled_and_mounted(loop: tuple[str, Path]) -> None:
     device, mountpoint = loop
     label = unique_label()
-    disk, line = disks.prepare({"match": {"path": device}, "format": True, "label": label,
-                                "mount": str(mountpoint)})  # fmt: skip
+    disk, line = disks.prepare(entry({"match": {"path": device}, "format": True, "label": label,
+                                      "mount": str(mountpoint)}))  # fmt: skip
     assert (disk.fstype, disk.label) == ("ext4", label)
     assert line == f"{device} ({label}): formatted, mounted on {mountpoint}"
     assert mounted(str(mountpoint))
@@ -70,12 +77,14 @@ def test_a_disk_with_a_filesystem_is_never_formatted_unless_forced(loop: tuple[s
     label = unique_label()
     mkfs(device, label)
     put_marker(device, mountpoint)
-    _, line = disks.prepare({"match": {"label": label}, "format": True, "mount": str(mountpoint)})
+    _, line = disks.prepare(
+        entry({"match": {"label": label}, "format": True, "mount": str(mountpoint)})
+    )
     assert "formatted" not in line
     assert (mountpoint / "marker").read_text() == "keep me"
     sc.umount(str(mountpoint))
     _, line = disks.prepare(
-        {"match": {"path": device}, "format": "force", "mount": str(mountpoint)}
+        entry({"match": {"path": device}, "format": "force", "mount": str(mountpoint)})
     )
     assert "formatted" in line
     assert not (mountpoint / "marker").exists()
@@ -85,7 +94,7 @@ def test_a_foreign_filesystem_is_kept_and_its_mount_failure_named(loop: tuple[st
     device, mountpoint = loop
     subprocess.run(["mkswap", device], check=True, capture_output=True)
     with pytest.raises(disks.DiskError, match=rf"cannot mount {device} \(swap\) on {mountpoint}"):
-        disks.prepare({"match": {"path": device}, "format": True, "mount": str(mountpoint)})
+        disks.prepare(entry({"match": {"path": device}, "format": True, "mount": str(mountpoint)}))
     assert disks.probe(device).fstype == "swap"  # not formatted
 
 
@@ -93,8 +102,8 @@ def test_found_by_uuid_and_mounted_only_once(loop: tuple[str, Path]) -> None:
     device, mountpoint = loop
     mkfs(device, unique_label())
     found = disks.probe(device)
-    first = disks.prepare({"match": {"uuid": found.uuid}, "mount": str(mountpoint)})
-    again = disks.prepare({"match": {"uuid": found.uuid}, "mount": str(mountpoint)})
+    first = disks.prepare(entry({"match": {"uuid": found.uuid}, "mount": str(mountpoint)}))
+    again = disks.prepare(entry({"match": {"uuid": found.uuid}, "mount": str(mountpoint)}))
     assert first[0].device == device
     assert first[1].endswith(f"mounted on {mountpoint}")
     assert again[1].endswith(f"already mounted on {mountpoint}")  # a restarted kurmad boot
@@ -106,7 +115,9 @@ def test_grow_fills_an_enlarged_disk(loop: tuple[str, Path], tmp_path: Path) -> 
     with open(tmp_path / "disk.img", "r+b") as f:
         f.truncate(160 * MIB)
     subprocess.run(["losetup", "-c", device], check=True)
-    _, line = disks.prepare({"match": {"path": device}, "grow": True, "mount": str(mountpoint)})
+    _, line = disks.prepare(
+        entry({"match": {"path": device}, "grow": True, "mount": str(mountpoint)})
+    )
     assert line.endswith("grown, mounted on " + str(mountpoint))
     stat = os.statvfs(mountpoint)
     assert stat.f_blocks * stat.f_frsize > 120 * MIB
@@ -117,12 +128,12 @@ def test_an_empty_disk_without_format_is_an_error(loop: tuple[str, Path]) -> Non
     with pytest.raises(
         disks.DiskError, match="has no filesystem \\(set format: true to make one\\)"
     ):
-        disks.prepare({"match": {"path": device}, "mount": str(mountpoint)})
+        disks.prepare(entry({"match": {"path": device}, "mount": str(mountpoint)}))
     assert not mounted(str(mountpoint))
 
 
 def test_an_absent_disk_is_named() -> None:
     with pytest.raises(disks.DiskError, match="no disk with label=KURMA_NO_SUCH_DISK"):
-        disks.find({"label": "KURMA_NO_SUCH_DISK"}, wait=0.2)
+        disks.find(DiskMatch("label", "KURMA_NO_SUCH_DISK"), wait=0.2)
     with pytest.raises(disks.DiskError, match="no disk with path=/dev/kurma-absent"):
-        disks.find({"path": "/dev/kurma-absent"}, wait=0.0)
+        disks.find(DiskMatch("path", "/dev/kurma-absent"), wait=0.0)

@@ -9,18 +9,24 @@ import time
 import pytest
 
 from kurmad.appc import PodManifest
+from kurmad.host.boot import BOOT, FALLBACK_API, SHUTDOWN
+from kurmad.host.control import Host
 from kurmad.host.info import BootStage
+from kurmad.host.init import EARLY
 from kurmad.host.mounts import fstype_at
-from kurmad.host.stages import BootSequence, CriticalStageFailed, StageFailed
+from kurmad.host.power import BootOptions
+from kurmad.host.stages import BootSequence, CriticalStageFailed, Stage, StageFailed
+from kurmad.host.tasks import BootState
 from kurmad.pods.model import AppStatus, Pod, PodState
 from kurmad.pods.restart import (
     FIRST_BACKOFF,
     HEALTHY_RUN,
     MAX_BACKOFF,
-    parse_volume,
+    RestartPolicy,
     restart_delay,
     should_restart,
 )
+from kurmad.volumes import parse_volume
 
 # --- the boot sequence ------------------------------------------------------------------------
 
@@ -169,19 +175,6 @@ def test_no_traceback_without_debug() -> None:
     assert "Traceback" not in lines[0]
 
 
-def test_degrade_records_a_problem_outside_a_stage() -> None:
-    boot, lines = sequence()
-    boot.run("config", lambda: "defaults, /etc/kurma.yml")
-    boot.degrade("config: api", "api.listen: '7777' must be HOST:PORT")
-    record = boot.records[1]
-    assert record.name == "config: api"
-    assert record.ok is False
-    assert record.duration == 0.0
-    assert record.error == "api.listen: '7777' must be HOST:PORT"
-    assert record.critical is False
-    assert lines[1] == "[    0.0 ms] config: api: FAILED: api.listen: '7777' must be HOST:PORT"
-
-
 def test_records_can_be_shared_with_an_earlier_sequence() -> None:
     records: list[BootStage] = []
     BootSequence(lambda _: None, records).run("first", lambda: "a")
@@ -198,8 +191,11 @@ def test_stages_are_boot_stages_with_the_same_fields() -> None:
     def two() -> None:
         raise StageFailed("two failed", detail="half of two")
 
+    def three() -> None:
+        raise StageFailed("fell back")
+
     boot.run("two", two)
-    boot.degrade("three", "fell back")
+    boot.run("three", three)
     stages = boot.stages()
     assert all(type(stage) is BootStage for stage in stages)
     assert [(s.name, s.ok, s.error, s.detail, s.critical) for s in stages] == [
@@ -218,6 +214,91 @@ def test_to_json_has_every_field() -> None:
     (entry,) = boot.to_json()
     assert set(entry) == {"name", "started_at", "duration", "ok", "error", "critical", "detail"}
     assert entry["detail"] == "did one"
+
+
+# --- stage tables -----------------------------------------------------------------------------
+
+
+def test_a_table_runs_top_to_bottom_and_skips_what_its_condition_rules_out() -> None:
+    boot, lines = sequence()
+    done: list[str] = []
+    table = (
+        Stage("one", lambda ran: ran.append("one") or "did one"),
+        Stage("skipped", lambda ran: ran.append("skipped"), when=lambda ran: "two" in ran),
+        Stage("two", lambda ran: ran.append("two")),
+        Stage("three", lambda ran: ran.append("three"), when=lambda ran: "two" in ran),
+    )
+    boot.run_stages(table, done)
+    assert done == ["one", "two", "three"]
+    assert [r.name for r in boot.records] == ["one", "two", "three"]
+    assert lines[0].endswith("ms] one: ok: did one")
+
+
+def test_a_fallback_runs_only_when_its_stage_fails() -> None:
+    boot, lines = sequence()
+    done: list[str] = []
+
+    def failing(ran: list[str]) -> None:
+        raise OSError(errno.EADDRINUSE, "Address already in use")
+
+    backup = Stage("api (fallback)", lambda ran: ran.append("fallback") or "from memory")
+    table = (Stage("fine", lambda ran: ran.append("fine"), fallback=backup),
+             Stage("api", failing, fallback=backup), Stage("after", lambda ran: ran.append("after")))  # fmt: skip
+    boot.run_stages(table, done)
+    assert done == ["fine", "fallback", "after"]
+    assert [(r.name, r.ok) for r in boot.records] == [
+        ("fine", True), ("api", False), ("api (fallback)", True), ("after", True),
+    ]  # fmt: skip
+    assert "api: FAILED: [Errno 98] Address already in use" in lines[1]
+
+
+def test_a_critical_fallback_that_fails_stops_the_table() -> None:
+    boot, _ = sequence()
+
+    def failing(_: None) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    table = (Stage("api", failing, fallback=Stage("api (fallback)", failing, critical=True)),
+             Stage("images", lambda _: "never"))  # fmt: skip
+    with pytest.raises(CriticalStageFailed, match=r"^api \(fallback\): "):
+        boot.run_stages(table, None)
+    assert [r.name for r in boot.records] == ["api", "api (fallback)"]
+
+
+def test_debug_is_asked_before_each_stage() -> None:
+    boot, lines = sequence()
+    config = {"debug": False}
+
+    def broken(_: dict[str, bool]) -> None:
+        raise KeyError("eth9")
+
+    table = (Stage("quiet", broken), Stage("config", lambda c: c.update(debug=True)),
+             Stage("loud", broken))  # fmt: skip
+    boot.run_stages(table, config, debug=lambda c: c["debug"])
+    assert [line.startswith("Traceback") for line in lines] == [False, False, False, True]
+
+
+def test_the_boot_and_shutdown_tables() -> None:
+    assert [s.name for s in BOOT] == ["config", "modules", "oem-config", "cgroups", "disks",
+                                     "hostname", "network", "api", "images", "system-pods"]  # fmt: skip
+    assert not any(s.critical for s in BOOT)
+    (api,) = [s for s in BOOT if s.fallback is not None]
+    assert (api.name, api.fallback) == ("api", FALLBACK_API)
+    assert (FALLBACK_API.name, FALLBACK_API.critical) == ("api (fallback)", True)
+    assert [s.name for s in SHUTDOWN] == ["stop system pod supervision", "stop pods", "stop api",
+                                         "stop hotplug", "release dhcp leases", "sync", "unmount disks"]  # fmt: skip
+    assert [s.name for s in EARLY] == ["system mounts", "leave initramfs", "ctrl-alt-del"]
+    assert [s.critical for s in EARLY] == [True, False, False]
+
+
+def test_shutdown_skips_what_was_never_started() -> None:
+    lines: list[str] = []
+    state = BootState(BootOptions(), serve=lambda core, host: None, console=lines.append,
+                      host=Host())  # fmt: skip
+    steps = BootSequence(lines.append)
+    steps.run_stages(SHUTDOWN, state)
+    assert [r.name for r in steps.records] == ["sync", "unmount disks"]
+    assert steps.records[-1].detail == "0 unmounted"
 
 
 # --- system pods: restart policy ------------------------------------------------------------------
@@ -264,23 +345,25 @@ ENDINGS = {"exit 0": exited(0), "exit 3": exited(3), "killed": killed(), "failed
     ],
 )
 def test_should_restart(policy: str, ending: str, expected: bool) -> None:
-    assert should_restart(policy, ENDINGS[ending]) is expected
+    assert should_restart(RestartPolicy(policy), ENDINGS[ending]) is expected
 
 
 @pytest.mark.parametrize("policy", ["always", "on-failure", "never"])
 def test_a_stopped_pod_never_restarts(policy: str) -> None:
-    assert should_restart(policy, stopped()) is False
+    assert should_restart(RestartPolicy(policy), stopped()) is False
 
 
 def test_on_failure_looks_at_every_app() -> None:
     mixed = pod(PodState.EXITED, AppStatus("a", "i", exit_code=0), AppStatus("b", "i", exit_code=1))
-    assert should_restart("on-failure", mixed) is True
+    assert should_restart(RestartPolicy.ON_FAILURE, mixed) is True
     clean = pod(PodState.EXITED, AppStatus("a", "i", exit_code=0), AppStatus("b", "i", exit_code=0))
-    assert should_restart("on-failure", clean) is False
+    assert should_restart(RestartPolicy.ON_FAILURE, clean) is False
 
 
 def test_on_failure_with_apps_that_never_ran() -> None:
-    assert should_restart("on-failure", pod(PodState.EXITED, AppStatus("a", "i"))) is False
+    assert (
+        should_restart(RestartPolicy.ON_FAILURE, pod(PodState.EXITED, AppStatus("a", "i"))) is False
+    )
 
 
 # --- system pods: restart delay -------------------------------------------------------------------

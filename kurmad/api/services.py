@@ -16,12 +16,11 @@ from typing import Any
 import grpc
 
 from kurmad.appc import PodManifest, loads
+from kurmad.core import Core
 from kurmad.host.control import Host
-from kurmad.images.store import ImageStore
 from kurmad.images.streams import ChunkReader
 from kurmad.linux import tty
-from kurmad.pods.builder import RunRequest, manifest_for_run
-from kurmad.pods.events import EventBus
+from kurmad.pods.builder import RunRequest
 from kurmad.pods.manager import PodManager
 from kurmad.pods.model import Pod, PodState
 
@@ -42,24 +41,23 @@ _WAIT_POLL = 0.5  # for calls that also read the pod's status at every look
 
 
 class PodsService(rpc.PodsServicer):
-    def __init__(self, manager: PodManager) -> None:
-        self.manager = manager
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.manager = core.manager
 
     @handled
     def Create(self, request: pb.CreatePodRequest, context: grpc.ServicerContext) -> pb.Pod:
         limits.check_create_size(request)
+        spec: PodManifest | RunRequest
         if request.HasField("run"):
-            manifest = manifest_for_run(self.manager.store, _run_request(request.run))
+            spec = _run_request(request.run)
         elif request.manifest_json:
-            manifest = PodManifest.from_json(loads(request.manifest_json))
+            spec = PodManifest.from_json(loads(request.manifest_json))
         else:
             raise BadRequest("give a manifest (manifest_json) or a run spec (run)")
         admin = auth.current_caller().role == auth.ADMIN
-        pod = self.manager.create(
-            manifest, request.name or None, allow_privileged=admin, start_next=request.start
-        )
-        if request.start:
-            pod = self.manager.start(pod.uuid, wait=not request.no_wait)
+        pod = self.core.create_pod(spec, request.name or None, admin=admin, start=request.start,
+                                   wait=not request.no_wait)  # fmt: skip
         return convert.pod(pod)
 
     @handled
@@ -327,9 +325,10 @@ class _Session:
 
 
 class ImagesService(rpc.ImagesServicer):
-    def __init__(self, store: ImageStore, events: EventBus) -> None:
-        self.store = store
-        self.events = events
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.store = core.store
+        self.events = core.events
 
     def _image(self, record: Any) -> pb.Image:
         return convert.image(record, self.store.holders(record.id))
@@ -339,9 +338,7 @@ class ImagesService(rpc.ImagesServicer):
         self, requests: Iterator[pb.ImportChunk], context: grpc.ServicerContext
     ) -> pb.ImportResponse:
         chunks = ChunkReader(chunk.data for chunk in requests)
-        result = self.store.import_stream(io.BufferedReader(chunks, buffer_size=_IMPORT_BUFFER))
-        if result.created:
-            self.events.emit("image", "imported", result.record.id, result.record.name)
+        result = self.core.import_image(io.BufferedReader(chunks, buffer_size=_IMPORT_BUFFER))
         return pb.ImportResponse(image=self._image(result.record), created=result.created)
 
     @handled
@@ -374,10 +371,9 @@ class ImagesService(rpc.ImagesServicer):
 
 
 class HostService(rpc.HostServicer):
-    def __init__(
-        self, host: Host, manager: PodManager, store: ImageStore, events: EventBus
-    ) -> None:
-        self.host, self.manager, self.store, self.events = host, manager, store, events
+    def __init__(self, core: Core, host: Host) -> None:
+        self.host = host
+        self.manager, self.store, self.events = core.manager, core.store, core.events
 
     @handled
     def Info(self, request: pb.HostInfoRequest, context: grpc.ServicerContext) -> pb.HostInfo:

@@ -9,11 +9,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kurmad.linux import syscalls as sc
 
 from .mounts import mounted
+from .sections import DiskConfig, DiskMatch
 
 
 class DiskError(Exception):
@@ -68,7 +68,7 @@ def probe(device: str) -> Disk:
     return Disk(device, values.get("LABEL", ""), values.get("UUID", ""), fstype)
 
 
-def find(match: dict[str, str], wait: float = 5.0) -> Disk:
+def find(match: DiskMatch, wait: float = 5.0) -> Disk:
     """The disk a config entry names; waits a little for it to appear (udev-less boot). Its
     absence is reported with what was seen instead."""
     deadline = time.monotonic() + wait
@@ -77,14 +77,13 @@ def find(match: dict[str, str], wait: float = 5.0) -> Disk:
         if found is not None:
             return found
         if time.monotonic() >= deadline:
-            what = ", ".join(f"{k}={v}" for k, v in match.items())
-            raise DiskAbsent(f"no disk with {what} (seen: {'; '.join(seen) or 'no disks'})")
+            raise DiskAbsent(f"no disk with {match} (seen: {'; '.join(seen) or 'no disks'})")
         time.sleep(0.2)
 
 
-def _find_once(match: dict[str, str]) -> tuple[Disk | None, list[str]]:
-    if "path" in match:
-        return (probe(match["path"]) if os.path.exists(match["path"]) else None), []
+def _find_once(match: DiskMatch) -> tuple[Disk | None, list[str]]:
+    if match.by == "path":
+        return (probe(match.value) if os.path.exists(match.value) else None), []
     seen = []
     for device in block_devices():
         try:
@@ -92,39 +91,34 @@ def _find_once(match: dict[str, str]) -> tuple[Disk | None, list[str]]:
         except DiskError as err:
             seen.append(str(err))
             continue
-        if ("label" in match and disk.label == match["label"]) or (
-            "uuid" in match and disk.uuid == match["uuid"]
-        ):
+        if (disk.label if match.by == "label" else disk.uuid) == match.value:
             return disk, seen
         seen.append(f"{device} {disk.fstype or 'empty'}{' ' + disk.label if disk.label else ''}")
     return None, seen
 
 
-def prepare(entry: dict[str, Any]) -> tuple[Disk, str]:
+def prepare(entry: DiskConfig) -> tuple[Disk, str]:
     """Find, maybe format, mount and maybe grow the disk of one config entry; return the disk
     and a line for the boot report."""
     # Coldplug has loaded the drivers by now; a required disk still gets a moment to show up.
-    disk = find(
-        entry["match"], wait=float(entry.get("wait", 0.0 if entry.get("optional") else 5.0))
-    )
+    disk = find(entry.match, wait=entry.wait_seconds)
     done = []
-    policy = entry.get("format", False)
-    if policy == "force" or (policy is True and not disk.fstype):
-        label = entry.get("label") or entry["match"].get("label", "")
+    if entry.format == "force" or (entry.format is True and not disk.fstype):
+        label = entry.filesystem_label
         result = _run("mkfs.ext4", "-q", "-F", *(["-L", label] if label else []), disk.device)
         if result.returncode != 0:
             raise DiskError(f"mkfs.ext4 {disk.device}: {result.stderr.strip()}")
         disk = probe(disk.device)
         done.append("formatted")
-    elif policy is True and disk.fstype and disk.fstype != "ext4":
+    elif entry.format is True and disk.fstype and disk.fstype != "ext4":
         done.append(f"kept its {disk.fstype} filesystem (not formatting a disk that has one)")
     if not disk.fstype:
         raise DiskError(f"{disk.device} has no filesystem (set format: true to make one)")
-    mountpoint = entry.get("mount")
+    mountpoint = entry.mount
     if mountpoint and mounted(mountpoint):
         done.append(f"already mounted on {mountpoint}")  # a restarted kurmad boot
         return disk, _line(disk, done)
-    if entry.get("grow"):
+    if entry.grow:
         done.append(grow(disk))
     if mountpoint:
         os.makedirs(mountpoint, exist_ok=True)

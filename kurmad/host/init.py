@@ -27,10 +27,10 @@ from kurmad.linux.proc import reap_all
 from . import mounts
 from .info import BootStage
 from .power import ACTIONS, BootOptions
-from .stages import BootSequence, CriticalStageFailed
+from .stages import BootSequence, CriticalStageFailed, Stage
 
 if TYPE_CHECKING:
-    from .boot import Serve
+    from .tasks import Serve
 
 SHUTDOWN_TIMEOUT = 90.0  # for the daemon's orderly shutdown; then PID 1 goes on alone
 KILL_GRACE = 5.0  # between SIGTERM and SIGKILL to whatever is left at the very end
@@ -51,26 +51,27 @@ def main(options: BootOptions, serve: Serve) -> NoReturn:
     os.environ.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     sequence = BootSequence(console)
     try:
-        sequence.run("system mounts", _mount_system, critical=True)
+        sequence.run_stages(EARLY, None)
     except CriticalStageFailed as err:
         halt_forever(f"cannot go on: {err}")
-    if mounts.root_is_initramfs():
-        sequence.run("leave initramfs", _leave_initramfs)
-    sequence.run("ctrl-alt-del", _route_ctrl_alt_del)
     Init(options, serve, sequence.records).run()
 
 
-def _mount_system() -> str:
+def _mount_system(_: None) -> str:
     done = mounts.mount_system()
     return f"mounted {' '.join(done)}" if done else "all present"
 
 
-def _leave_initramfs() -> str:
+def _in_initramfs(_: None) -> bool:
+    return mounts.root_is_initramfs()
+
+
+def _leave_initramfs(_: None) -> str:
     carried = mounts.move_root_to_tmpfs()
     return f"pods need pivot_root, which the initramfs refuses: a tmpfs root with its {carried} entries bound on"
 
 
-def _route_ctrl_alt_del() -> str:
+def _route_ctrl_alt_del(_: None) -> str:
     try:
         sc.reboot(sc.RB_DISABLE_CAD)
     except OSError as err:
@@ -78,6 +79,14 @@ def _route_ctrl_alt_del() -> str:
             raise
         return "not the initial PID namespace: the kernel keeps ctrl-alt-del"
     return "ctrl-alt-del sends SIGINT: an orderly reboot"
+
+
+# What PID 1 does itself before it forks the daemon, which runs the rest (host/boot.py).
+EARLY: tuple[Stage[None], ...] = (
+    Stage("system mounts", _mount_system, critical=True),
+    Stage("leave initramfs", _leave_initramfs, when=_in_initramfs),
+    Stage("ctrl-alt-del", _route_ctrl_alt_del),
+)
 
 
 class Init:

@@ -1,18 +1,33 @@
-"""Boot as data: an ordered list of named stages, each timed, logged to the console and kept
-for Host.Info. A stage that fails leaves the machine degraded but reachable; only a critical
-one stops the sequence."""
+"""Boot as data: an ordered table of named stages (``Stage``), each timed, logged to the console
+and kept for Host.Info. A stage that fails leaves the machine degraded but reachable; only a
+critical one stops the sequence. The tables themselves are in host/boot.py and host/init.py."""
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import asdict
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, TypeVar
 
 from .info import BootStage
 
 T = TypeVar("T")
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class Stage(Generic[C]):
+    """One row of a sequence: its name (on the console and in Host.Info), its action on the
+    sequence's context, whether its failure stops the sequence, the condition under which it
+    runs at all, and the stage that runs instead when it fails."""
+
+    name: str
+    action: Callable[[C], object]
+    critical: bool = False
+    when: Callable[[C], bool] | None = None
+    fallback: Stage[C] | None = None
 
 
 class CriticalStageFailed(Exception):
@@ -66,10 +81,20 @@ class BootSequence:
         )
         return result
 
-    def degrade(self, name: str, error: str) -> None:
-        """Record a problem found outside a stage's own code (a config section that fell back)."""
-        self.records.append(BootStage(name, time.time(), 0.0, False, error))
-        self.console(f"[    0.0 ms] {name}: FAILED: {error}")
+    def run_stages(
+        self, stages: Sequence[Stage[C]], context: C, debug: Callable[[C], bool] = lambda _: False
+    ) -> None:
+        """Run a table top to bottom; a stage that fails is followed by its fallback, if it has
+        one. ``debug`` is asked before each stage (an earlier one may load the config that
+        says so)."""
+        for first in stages:
+            if first.when is not None and not first.when(context):
+                continue
+            stage: Stage[C] | None = first
+            while stage is not None:
+                action = functools.partial(stage.action, context)
+                self.run(stage.name, action, critical=stage.critical, debug=debug(context))
+                stage = stage.fallback if not self.records[-1].ok else None
 
     def stages(self) -> list[BootStage]:
         return list(self.records)

@@ -3,19 +3,28 @@ a volume is written in the boot config. The supervisor (supervisor.py) applies t
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from .model import Pod, PodState
 
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
 HEALTHY_RUN = 60.0
-POLICIES = ("always", "on-failure", "never")
 
 
-def should_restart(policy: str, pod: Pod) -> bool:
+class RestartPolicy(StrEnum):
+    """As in Docker and Kubernetes; the value is how the boot config spells it."""
+
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+def should_restart(policy: RestartPolicy, pod: Pod) -> bool:
     """Whether a pod that has ended comes back under ``policy``."""
-    if pod.state == PodState.STOPPED or policy == "never":
+    if pod.state == PodState.STOPPED or policy == RestartPolicy.NEVER:
         return False  # stopped on purpose, by an operator or by shutdown
-    if policy == "always":
+    if policy == RestartPolicy.ALWAYS:
         return True
     return pod.state == PodState.FAILED or any(
         (app.exit_code is not None and app.exit_code != 0) or app.signal for app in pod.apps
@@ -27,11 +36,3 @@ def restart_delay(previous: float | None, ran_for: float) -> float:
     if previous is None or ran_for >= HEALTHY_RUN:
         return FIRST_BACKOFF
     return min(previous * 2, MAX_BACKOFF)
-
-
-def parse_volume(text: str) -> tuple[str, str, bool]:
-    """``HOST:PATH[:ro]``, as kurmactl run -v takes it."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-        raise ValueError(f"volume {text!r}: expected HOST:PATH[:ro]")
-    return parts[0], parts[1], len(parts) == 3 and parts[2] == "ro"

@@ -1,6 +1,7 @@
 """Restart policies: pods that come back when they end. The boot config's ``initial_pods`` are
-kept this way; they are made and started through the same pod manager (and, for an image, the
-same ``manifest_for_run`` validation) that the API's Create uses, so they get no second path.
+kept this way; they are made and started through the core's ``create_pod``, the door the API's
+Create uses (the same ``manifest_for_run`` for an image, the same checks), so they get no second
+path.
 
 Policies, as in Docker and Kubernetes: ``always`` restarts a pod whatever its exit status,
 ``on-failure`` only when an app exited non-zero or was killed, or the pod failed; ``never``
@@ -14,48 +15,55 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from kurmad.appc import PodManifest
 
-from .builder import RunRequest, manifest_for_run
+from .builder import RunRequest
 from .events import EventBus
 from .manager import PodManager
 from .model import Pod, PodError, PodNotFound, PodState
-from .restart import parse_volume, restart_delay, should_restart
+from .restart import RestartPolicy, restart_delay, should_restart
 
 log = logging.getLogger("kurmad")
 
 
+class CreatePod(Protocol):
+    """How a pod is made: the core's ``create_pod``, the door of the API's Create."""
+
+    def __call__(
+        self, spec: PodManifest | RunRequest, name: str | None, *, admin: bool, start: bool
+    ) -> Pod: ...
+
+
 @dataclass
 class SupervisedPod:
-    """One pod the supervisor keeps, from a config entry: name, restart policy, and either an
-    image (with exec, env, volumes) or a whole pod manifest."""
+    """One pod the supervisor keeps: its name, its restart policy, and what it is made from: a
+    run request (an image, with exec, env, volumes) or a pod manifest's JSON, read at each
+    attempt (a bad one fails that pod only, as an API request would)."""
 
     name: str
-    policy: str
-    settings: dict[str, Any]
+    policy: RestartPolicy
+    spec: RunRequest | Mapping[str, Any]
     restarts: int = 0
     status: str = "not started"
     first_attempt: threading.Event = field(default_factory=threading.Event)
-
-    @classmethod
-    def from_config(cls, entry: dict[str, Any]) -> SupervisedPod:
-        return cls(entry["name"], entry.get("restart", "always"), entry)
 
 
 class Supervisor:
     def __init__(
         self,
         manager: PodManager,
-        entries: list[dict[str, Any]],
+        create: CreatePod,
+        pods: list[SupervisedPod],
         events: EventBus,
         console: Callable[[str], None],
     ) -> None:
         self.manager = manager
-        self.pods = [SupervisedPod.from_config(e) for e in entries]
+        self.create = create
+        self.pods = pods
         self.events = events
         self.console = console
         self._stopping = threading.Event()
@@ -135,27 +143,7 @@ class Supervisor:
                 return existing  # kurmad restarted under a running pod: adopt it
             self.manager.remove(existing.uuid, force=True)
         # The machine owner's config: its pods are made as the admin role would make them.
-        created = self.manager.create(
-            self._manifest(pod.settings), pod.name, allow_privileged=True, start_next=True
-        )
-        return self.manager.start(created.uuid)
-
-    def _manifest(self, settings: dict[str, Any]) -> PodManifest:
-        if "manifest" in settings:
-            return PodManifest.from_json(settings["manifest"])
-        volumes = [parse_volume(v) for v in settings.get("volumes", [])]
-        for host_path, _, _ in volumes:
-            # The config is the machine owner's: a host directory it names may be made for it.
-            if not os.path.lexists(host_path):
-                os.makedirs(host_path, mode=0o700)
-        run = RunRequest(
-            image=settings["image"], exec=[str(a) for a in settings.get("exec", [])],
-            env={str(k): str(v) for k, v in settings.get("env", {}).items()},
-            volumes=volumes,
-            host_network=bool(settings.get("host_network", False)),
-            devices=[str(d) for d in settings.get("devices", [])],
-        )  # fmt: skip
-        return manifest_for_run(self.manager.store, run)
+        return self.create(_request(pod.spec), pod.name, admin=True, start=True)
 
     def _announce_restart(self, pod: SupervisedPod, ended: Pod | None, delay: float) -> None:
         why = _describe_end(ended) if ended is not None else pod.status
@@ -164,7 +152,17 @@ class Supervisor:
                          restarts=str(pod.restarts + 1), delay=f"{delay:g}", reason=why)  # fmt: skip
 
 
-def _not_restarted(policy: str, pod: Pod) -> str:
+def _request(spec: RunRequest | Mapping[str, Any]) -> PodManifest | RunRequest:
+    if not isinstance(spec, RunRequest):
+        return PodManifest.from_json(spec)
+    for host_path, _, _ in spec.volumes:
+        # The config is the machine owner's: a host directory it names may be made for it.
+        if not os.path.lexists(host_path):
+            os.makedirs(host_path, mode=0o700)
+    return spec
+
+
+def _not_restarted(policy: RestartPolicy, pod: Pod) -> str:
     if pod.state == PodState.STOPPED:
         return "; stopped on request, so left stopped"
     return f"; not restarted (policy {policy})"
