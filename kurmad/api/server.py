@@ -26,6 +26,7 @@ from kurmad.pods.events import EventBus
 from kurmad.pods.manager import PodManager
 from kurmad.pods.privileges import HostPolicy
 from kurmad.runtime.spec import DEFAULT_PIDS_LIMIT
+from kurmad.state import prepare_state
 
 from . import auth, limits
 from .services import HostService, ImagesService, PodsService
@@ -94,6 +95,7 @@ class Daemon:
     def __init__(self, config: ServeConfig, host: Host | None = None) -> None:
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_state(config.state_dir)  # stamped or migrated before any room opens its part
         os.chmod(config.state_dir, 0o700)  # one made earlier, by hand or by an older kurmad
         self.events = EventBus()
         self.host = host or Host()
