@@ -25,6 +25,7 @@ from kurmad.pods.manager import PodManager
 from kurmad.pods.model import Pod
 from kurmad.pods.privileges import HostPolicy
 from kurmad.runtime.spec import DEFAULT_PIDS_LIMIT
+from kurmad.state import prepare_state
 
 SOCKET_NAME = "kurmad.sock"
 
@@ -78,6 +79,7 @@ class Core:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_state(settings.state_dir)  # stamped or migrated before any room opens its part
         os.chmod(settings.state_dir, 0o700)  # one made earlier, by hand or by an older kurmad
         self.events = EventBus()
         self.store = ImageStore(settings.state_dir / "images", quota_bytes=settings.image_quota)
