@@ -174,6 +174,28 @@ def test_run_detached_then_ps_show_logs_exec_stop_rm(daemon: ServeProcess) -> No
     assert "ticker" not in kurmactl(daemon, "ps", "-a").stdout
 
 
+def test_start_runs_pods_made_with_no_start(daemon: ServeProcess, tmp_path: Path) -> None:
+    with daemon.client() as kurma:
+        image_id = kurma.image("example.com/busybox").id
+    for name, argv in (("later", '["/bin/sleep", "30"]'), ("broken", '["/no/such/program"]')):
+        (tmp_path / f"{name}.yaml").write_text(f"""acKind: PodManifest
+acVersion: 0.8.11
+apps:
+  - name: one
+    image: {{id: "{image_id}"}}
+    app: {{exec: {argv}, user: "0", group: "0"}}
+""")
+        created = kurmactl(daemon, "create", "--no-start", "-f", str(tmp_path / f"{name}.yaml"),
+                           "--name", name)  # fmt: skip
+        assert created.returncode == 0, created.stderr
+    started = kurmactl(daemon, "start", "later")
+    assert (started.returncode, started.stdout) == (0, "later RUNNING\n")
+    assert_one_line_error(kurmactl(daemon, "start", "later"), "only a NEW pod can start")
+    failed = kurmactl(daemon, "start", "broken")
+    assert failed.returncode == 125 and "pod broken failed" in failed.stderr
+    assert kurmactl(daemon, "rm", "-f", "later", "broken").returncode == 0
+
+
 def test_logs_follow_until_the_pod_ends(daemon: ServeProcess) -> None:
     kurmactl(daemon, "run", "-d", "--name", "counter", "example.com/busybox", "--", "/bin/sh", "-c",
              "for i in 1 2 3 4 5; do echo line $i; sleep 0.2; done")  # fmt: skip

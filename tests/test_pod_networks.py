@@ -24,7 +24,8 @@ from pyroute2 import NetNS
 
 from kurmad.client import Client, KurmaError
 from kurmad.linux.cgroups import CgroupDriver
-from kurmad.net.bridge import parse_veth
+from kurmad.net import netns
+from kurmad.net.bridge import parse_veth, veth_name
 from kurmad.net.instance import Instance
 
 from .busybox import busybox_entries, busybox_path
@@ -325,6 +326,29 @@ def test_nothing_is_left_after_a_sigkill_restart_and_removal(host: Host) -> None
     assert json.loads((host.state / "networks" / "ports.json").read_text()) == {}
     mounts = Path("/proc/self/mountinfo").read_text()  # no pod's namespace file is mounted
     assert f"{host.state}/pods" not in mounts
+
+
+def test_a_start_a_sigkill_cut_short_is_undone_at_the_restart(host: Host) -> None:
+    """What a start killed mid-wiring leaves (the namespace file, a host veth; the record still
+    NEW) is gone when the daemon is back, at once; the pod keeps its lease and starts again."""
+    with Client(host.serve.socket) as kurma:
+        pod = kurma.run(IMAGE, exec=WEB, name="cut", ports=[(18083, 80, "tcp")], start=False)
+    host.serve.kill()
+    namespace = netns.create(host.state / "pods" / pod.uuid / "netns")
+    left = veth_name(Instance.of(host.state).tag, pod.uuid, 0)
+    with NetNS(host.ns["host"]) as ipr:
+        ipr.link("add", ifname=left, kind="veth", peer="kcutpeer")
+        ipr.link("set", index=ipr.link_lookup(ifname=left)[0],
+                 master=ipr.link_lookup(ifname="kurma0")[0])  # fmt: skip
+    host.serve.start()
+    assert left not in host.links() and "kcutpeer" not in host.links()
+    assert f"removed veth {parse_veth(left)}" in host.serve.log.read_text()
+    assert str(namespace) not in Path("/proc/self/mountinfo").read_text()
+    assert pod.uuid in host.leases("kurma0").values()
+    assert "18083" not in host.nft(), "a NEW pod has no forward in the table"
+    assert host.kurmactl("start", "cut").returncode == 0
+    assert host.fetch("http://10.99.0.1:18083/index.html", "outside") == "served by cut\n"
+    assert host.kurmactl("rm", "-f", "cut").returncode == 0
 
 
 def test_overlapping_subnets_are_refused(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def add_verbs(verbs: argparse._SubParsersAction, connection: argparse.ArgumentPa
     _add_create(verbs, connection)
     _add_reads(verbs, connection)
     _add_exec(verbs, connection)
-    _add_stop_and_remove(verbs, connection)
+    _add_start_stop_and_remove(verbs, connection)
 
 
 # --- run -------------------------------------------------------------------------------------------
@@ -324,9 +324,13 @@ def exec_in_pod(args: argparse.Namespace) -> int:
 # --- stop, rm --------------------------------------------------------------------------------------
 
 
-def _add_stop_and_remove(
+def _add_start_stop_and_remove(
     verbs: argparse._SubParsersAction, connection: argparse.ArgumentParser
 ) -> None:
+    start = verbs.add_parser("start", parents=[connection], help="start pods made with --no-start")
+    start.add_argument("pods", nargs="+")
+    start.set_defaults(handler=start_pods)
+
     stop = verbs.add_parser("stop", parents=[connection], help="stop pods (SIGTERM, then SIGKILL)")
     stop.add_argument("pods", nargs="+")
     stop.add_argument(
@@ -338,6 +342,24 @@ def _add_stop_and_remove(
     remove.add_argument("pods", nargs="+")
     remove.add_argument("-f", "--force", action="store_true", help="stop running ones first")
     remove.set_defaults(handler=remove_pods)
+
+
+def start_pods(args: argparse.Namespace) -> int:
+    """Each pod started and waited for until its apps run; 125 if one of them failed."""
+    from kurmad.api.v1 import kurma_pb2 as pb
+
+    from . import render
+
+    failed = False
+    with client(args) as kurma:
+        for ref in args.pods:
+            pod = kurma.start(ref)
+            if pod.state == pb.POD_STATE_FAILED:
+                _start_failed(pod)
+                failed = True
+            else:
+                print(f"{pod.name} {render.STATE_NAMES[pod.state]}")
+    return EXIT_START_FAILED if failed else 0
 
 
 def stop_pods(args: argparse.Namespace) -> int:

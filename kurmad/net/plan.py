@@ -97,6 +97,12 @@ class NetworkPlan:
         networks = tuple(attachment if n.index == attachment.index else n for n in self.networks)
         return replace(self, networks=networks)
 
+    def all_attempted(self) -> NetworkPlan:
+        """The plan as if each network's wiring had been tried: what undoes a start whose
+        progress was never saved (a crash mid-wiring). CNI's DEL of what was never added
+        succeeds, so nothing is missed and nothing breaks."""
+        return replace(self, networks=tuple(replace(n, attempted=True) for n in self.networks))
+
     def unwired(self) -> NetworkPlan:
         """The plan once unwired: what CNI said is given back, the leases are kept."""
         return replace(

@@ -224,11 +224,13 @@ class PodNetworks:
             if mine and self._addresses.pop(pod_uuid, None) is not None:
                 self._sync_firewall()
 
-    def reconcile(self, live: dict[str, NetworkPlan]) -> list[str]:
+    def reconcile(self, live: dict[str, NetworkPlan], started: set[str]) -> list[str]:
         """After a (re)start: claim the bridges (BridgeInUse, with nothing changed, if one is
         another's), forget what belongs to pods that no longer exist, remove this instance's
-        host veths that no pod owns, and write its table from what remains. ``live`` maps each
-        existing pod to its plan."""
+        host veths that no started pod owns, and write its table from what remains. ``live``
+        maps each existing pod to its plan (a NEW pod keeps its leases and ports); ``started``
+        are those past NEW, the only ones wired (a NEW pod's veth is a start a crash cut short,
+        and the kernel takes its time to remove it with its namespace)."""
         done = [f"instance {self.instance.id}: table inet {self.instance.table}, "
                 f"host veths {VETH_PREFIX}{self.instance.tag}*"]  # fmt: skip
         if self.bridges:
@@ -245,10 +247,12 @@ class PodNetworks:
             if stale:
                 self._save_ports()
             done += [f"unpublished {k}" for k in stale]
-        done += self._remove_stray_veths({p.replace("-", "")[:POD_DIGITS] for p in live})
+        done += self._remove_stray_veths({p.replace("-", "")[:POD_DIGITS] for p in started})
         with self._lock:
             self._addresses = {
-                pod: first for pod, plan in live.items() if (first := plan.first_address())
+                pod: first
+                for pod, plan in live.items()
+                if pod in started and (first := plan.first_address())
             }
         if self.bridges or self._ports:
             self._sync_firewall()

@@ -267,7 +267,8 @@ class PodManager:
             return []
         with self._lock:
             live = {r.uuid: r.network or NetworkPlan() for r in self._records.values()}
-        return self.networks.reconcile(live)
+            started = {r.uuid for r in self._records.values() if r.state != PodState.NEW}
+        return self.networks.reconcile(live, started)
 
     def _check_name(self, name: str) -> str:
         try:
@@ -629,8 +630,10 @@ class PodManager:
 
     def _clean_runtime(self, record: PodRecord) -> None:
         """A NEW pod has no processes, cgroups or network namespace; a start that a crash cut
-        short may have left some."""
+        short may have left some (its wiring's progress was never saved: all of it is undone)."""
         self._cgroups.remove(record.uuid)
+        if record.network is not None:
+            record.network = record.network.all_attempted()
         self._unwire(record)
         netns.remove(self._dir(record.uuid).netns)
 
