@@ -90,6 +90,23 @@ def test_the_pod_inits_status_round_trips_and_is_written_atomically(tmp_path: Pa
         InitStatus.from_json({"state": "RUNNING", "apps": {"a": {"exit_code": "x"}}})
 
 
+def test_a_status_the_disk_refuses_leaves_the_last_one_and_no_temporary(tmp_path: Path) -> None:
+    status = InitStatus(InitState.RUNNING, None, False, {}, 1.0)
+    status.write(tmp_path / "status.json")
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "inside").touch()
+    with pytest.raises(OSError):
+        status.write(tmp_path / "blocked")  # a full directory where the file should go
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "status.json"]
+    assert read_status(tmp_path / "status.json") == status
+
+
+def test_an_interrupted_wiring_is_undone_whole() -> None:
+    plan = NetworkPlan((Attachment("kurma0", "eth0", 0), Attachment("cni0", "eth1", 1)))
+    assert [n.attempted for n in plan.all_attempted().networks] == [True, True]
+    assert [n.attempted for n in plan.networks] == [False, False]
+
+
 def test_an_app_status_takes_in_what_the_pod_init_reports() -> None:
     app = AppStatus("main", "sha512-x", isolators=Report(["resource/cpu"]))
     seen = app.reported(AppReport(AppState.EXITED, 4, 0, None, None, 1.0, 2.0))

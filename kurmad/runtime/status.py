@@ -1,15 +1,16 @@
 """What a pod init reports of its pod: ``status.json`` in the pod's directory, written by the pod
-init (atomically) at every change and read by the pod manager, which learns from it
+init (atomically, fsynced) at every change and read by the pod manager, which learns from it
 when the apps run and how they ended (after a daemon restart too)."""
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from kurmad.linux.files import write_atomic_alone
 
 
 class InitState(StrEnum):
@@ -107,13 +108,10 @@ class InitStatus:
         )  # fmt: skip
 
     def write(self, path: Path) -> None:
-        """Replace the status file atomically. Not synced: its reader is the daemon, restarted
-        or not, which sees the page cache; a host crash ends the pod init with its pod, and a
-        torn file then reads as no status. (No fsync, no tempfile: the pod init writes at every
-        change, and each module it wakes costs every pod memory.)"""
+        """Replace the status file atomically, synced (DESIGN.md, principle 4): the daemon
+        reads it after a crash, its own or the host's. The pod init is its only writer."""
         temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_bytes(json.dumps(self.to_json()).encode())
-        os.replace(temporary, path)
+        write_atomic_alone(path, json.dumps(self.to_json()).encode(), temporary)
 
 
 def read_status(path: Path) -> InitStatus | None:
