@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kurmad.host.config import (
-    DEFAULTS,
+    BootConfig,
     ConfigError,
     LoadedConfig,
     load,
@@ -34,6 +34,7 @@ from kurmad.pods.restart import RestartPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 # every setting with a default is a known key, and the error lists them sorted
+DEFAULTS = BootConfig().to_json()  # the built-in defaults in their YAML form
 KNOWN_TOP = ", ".join(sorted(DEFAULTS))
 
 

@@ -201,9 +201,6 @@ class App:
         }
         return add_non_empty(out, optional_parts)
 
-    def event_handler(self, name: str) -> EventHandler | None:
-        return next((h for h in self.event_handlers if h.name == name), None)
-
 
 def _non_empty(value: object, path: str) -> str:
     text = expect_str(value, path)

@@ -91,8 +91,6 @@ _SECTIONS: dict[str, Callable[[Any], Any]] = {
     "initial_pods": sections.initial_pods,
     "pod_networks": sections.pod_networks,
 }
-# The built-in defaults in their YAML form.
-DEFAULTS: dict[str, Any] = BootConfig().to_json()
 
 
 @dataclass
