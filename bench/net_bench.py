@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kurmad.net import netns
 from kurmad.net.cni import CniNetwork
+from kurmad.net.config import BridgeSpec
 from kurmad.net.pods import PodNetworks
 
 from .common import PYTHON, Series, report
@@ -70,8 +71,8 @@ def main() -> None:
     netns.write_sysctl(None, "net.ipv4.ip_forward", "1")
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        networks = PodNetworks(scratch / "state", [{"name": "bench0", "type": "bridge", "bridge": "kbench0",
-                                                    "subnet": "10.231.0.0/16", "masquerade": False}])  # fmt: skip
+        bench0 = BridgeSpec("bench0", "kbench0", "10.231.0.0/16", masquerade=False)
+        networks = PodNetworks(scratch / "state", [bench0])
         cni = CniNetwork({"cniVersion": "1.0.0", "name": "cnibench", "plugins": [
             {"type": "bridge", "bridge": "kcnibench0", "isGateway": True, "ipMasq": False,
              "ipam": {"type": "host-local", "subnet": "10.232.0.0/16", "dataDir": str(scratch / "cni"),

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kurmad import __version__
 from kurmad.runtime.spec import DEFAULT_PIDS_LIMIT
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from kurmad.api.server import Daemon
     from kurmad.core import Core, Settings
     from kurmad.host.control import Host
+    from kurmad.net.config import NetworkSpec
 
 DEFAULT_STATE_DIR = Path("/var/lib/kurmad")
 Verbs = argparse._SubParsersAction  # what add_subparsers gives
@@ -160,7 +161,7 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
     networks, default = _network_config(args.network_config)
     return Settings(
         state_dir=args.state_dir, listen=args.listen, insecure=args.insecure, socket=args.socket,
-        cgroup_parent=args.cgroup_parent, image_quota=args.image_quota, networks=tuple(networks),
+        cgroup_parent=args.cgroup_parent, image_quota=args.image_quota, networks=networks,
         default_network=default, host_volumes=_absolute_dirs(args.allow_host_volume),
         pids_limit=_positive(args.pids_limit, "--pids-limit"),
     )  # fmt: skip
@@ -179,13 +180,13 @@ def _positive(value: int, option: str) -> int:
     return value
 
 
-def _network_config(path: Path | None) -> tuple[list[dict[str, Any]], str | None]:
+def _network_config(path: Path | None) -> tuple[tuple[NetworkSpec, ...], str | None]:
     """The pod networks of a ``--network-config`` file, checked (ValueError names the fault)."""
     if path is None:
-        return [], None
+        return (), None
     import yaml
 
-    from kurmad.net.config import NetworkError, check_network_configs
+    from kurmad.net.config import NetworkError, parse_networks
 
     try:
         data = yaml.safe_load(path.read_text())
@@ -194,10 +195,9 @@ def _network_config(path: Path | None) -> tuple[list[dict[str, Any]], str | None
     networks, default = (data, None) if isinstance(data, list) else (
         (data or {}).get("networks", []), (data or {}).get("default"))  # fmt: skip
     try:
-        check_network_configs(networks)
+        return parse_networks(networks), default
     except NetworkError as err:
         raise ValueError(f"{path}: {err}") from None
-    return networks, default
 
 
 def _tls_files(args: argparse.Namespace) -> TLSFiles:

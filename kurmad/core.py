@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from kurmad.appc import PodManifest
 from kurmad.images.store import ImageStore, ImportResult
+from kurmad.net.config import NetworkSpec
 from kurmad.net.pods import PodNetworks
 from kurmad.pods.builder import RunRequest, manifest_for_run
 from kurmad.pods.events import EventBus
@@ -42,7 +43,7 @@ class Settings:
     cgroup_parent: str = "kurmad"
     image_quota: int | None = None
     tls_dir: Path | None = None  # default: <state-dir>/tls (made on first use)
-    networks: tuple[dict[str, Any], ...] = ()  # pod networks (net/pods.py); none: pods get lo only
+    networks: tuple[NetworkSpec, ...] = ()  # pod networks (net/config.py); none: pods get lo only
     default_network: str | None = None  # default: the first
     host_volumes: tuple[Path, ...] = ()  # host paths below which any operator may mount volumes
     pids_limit: int | None = DEFAULT_PIDS_LIMIT  # processes per pod
@@ -84,7 +85,7 @@ class Core:
         self.events = EventBus()
         self.store = ImageStore(settings.state_dir / "images", quota_bytes=settings.image_quota)
         networks = (
-            PodNetworks(settings.state_dir, list(settings.networks), settings.default_network)
+            PodNetworks(settings.state_dir, settings.networks, settings.default_network)
             if settings.networks else None
         )  # fmt: skip
         # The pod manager starts the launcher (a fresh exec) before any gRPC thread exists. It

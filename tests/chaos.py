@@ -213,11 +213,7 @@ def _network_problems(serve: ServeProcess, namespace: str, pods: list[pb.Pod]) -
     holders = set(leases.values()) if isinstance(leases, dict) else set()
     if holders - uuids:
         problems.append(f"leases of no pod: {sorted(holders - uuids)}")
-    tag = Instance.of(serve.state).tag
-    with NetNS(namespace) as ns:
-        veths = [parse_veth(link.get("ifname") or "") for link in ns.get_links()]
-    prefixes = {u.replace("-", "")[:9] for u in wired}
-    stray = [str(v) for v in veths if v is not None and v.instance == tag and v.pod not in prefixes]
+    stray = _stray_veths(namespace, Instance.of(serve.state).tag, wired)
     if stray:
         problems.append(f"veths of no wired pod: {stray}")
     table = Instance.of(serve.state).table
@@ -228,6 +224,20 @@ def _network_problems(serve: ServeProcess, namespace: str, pods: list[pb.Pod]) -
         if not any(port == element for _, port in published):
             problems.append(f"published port {element} of no wired pod")
     return problems
+
+
+def _stray_veths(namespace: str, tag: str, wired: set[str], patience: float = 5.0) -> list[str]:
+    """This instance's host veths of no wired pod, once the kernel had ``patience`` to finish
+    destroying those of namespaces let go (it does so after the removal has answered)."""
+    prefixes = {u.replace("-", "")[:9] for u in wired}
+    deadline = time.monotonic() + patience
+    while True:
+        with NetNS(namespace) as ns:
+            veths = [parse_veth(link.get("ifname") or "") for link in ns.get_links()]
+        stray = [str(v) for v in veths if v and v.instance == tag and v.pod not in prefixes]
+        if not stray or time.monotonic() > deadline:
+            return stray
+        time.sleep(0.1)
 
 
 def _map_elements(listing: str) -> Iterator[int]:

@@ -13,7 +13,13 @@ import pytest
 
 from kurmad.net import firewall, instance
 from kurmad.net.bridge import MAX_NETWORKS, VethName, parse_veth, veth_name
-from kurmad.net.config import NetworkError, check_network_configs
+from kurmad.net.config import (
+    BridgeSpec,
+    CniSpec,
+    NetworkError,
+    check_network_configs,
+    parse_networks,
+)
 from kurmad.net.instance import Instance, InstanceRunning, owner_of
 from kurmad.net.ipam import Ipam, IpamError, PoolExhausted
 
@@ -116,6 +122,41 @@ def test_the_ports_other_instances_publish_are_read_from_their_tables_only() -> 
 def test_bad_network_definitions_are_named(configs: list[dict[str, object]], message: str) -> None:
     with pytest.raises(NetworkError, match=message.replace("(", "\\(").replace(")", "\\)")):
         check_network_configs(configs)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"name": "a", "subnet": "10.1.0.0/16", "mtu": 20}, "network a: mtu 20 is not a whole number from 68 to 65535"),
+        ({"name": "a", "subnet": "10.1.0.0/16", "mtu": "1500"}, "mtu '1500' is not a whole number"),
+        ({"name": "a", "subnet": "10.1.0.0/16", "gateway": "10.2.0.1"}, "gateway '10.2.0.1' is not an address in 10.1.0.0/16"),
+        ({"name": "a", "subnet": "10.1.0.0/16", "masquerade": "no"}, "masquerade 'no' is not true or false"),
+        ({"name": "a", "type": "cni", "config": {}, "plugin_dirs": "/opt"}, "network a: plugin_dirs must be a list of paths"),
+        ({"name": "a", "type": "cni", "config": {}, "timeout": 0}, "timeout 0 is not a number of seconds above 0"),
+    ],
+)  # fmt: skip
+def test_a_networks_fields_are_checked_by_name(config: dict[str, object], message: str) -> None:
+    with pytest.raises(NetworkError, match=message):
+        parse_networks([config])
+    with pytest.raises(NetworkError, match="networks must be a list of objects"):
+        parse_networks({"name": "a"})
+
+
+def test_networks_parse_into_their_types_and_back() -> None:
+    text = [
+        {"name": "kurma0", "type": "bridge", "subnet": "10.222.0.0/16"},
+        {"name": "lan", "type": "bridge", "subnet": "10.5.0.0/24", "bridge": "br-lan",
+         "gateway": "10.5.0.254", "mtu": 9000, "masquerade": False},
+        {"name": "cni0", "type": "cni", "config": {"cniVersion": "1.0.0", "plugins": []},
+         "plugin_dirs": ["/opt/cni/bin"], "timeout": 5},
+    ]  # fmt: skip
+    specs = parse_networks(text)
+    assert specs == (
+        BridgeSpec("kurma0", "kurma0", "10.222.0.0/16"),
+        BridgeSpec("lan", "br-lan", "10.5.0.0/24", "10.5.0.254", 9000, masquerade=False),
+        CniSpec("cni0", '{"cniVersion": "1.0.0", "plugins": []}', ("/opt/cni/bin",), 5.0),
+    )
+    assert [s.to_json() for s in specs] == text
 
 
 def test_a_pods_resolv_conf_leaves_out_loopback_resolvers(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from kurmad.net.config import BridgeSpec, NetworkSpec
+
 from . import sections
 from .power import DEFAULT_CONFIG_FILE
 from .sections import (
@@ -35,9 +37,9 @@ OEM_LABEL = "KURMA_OEM"
 OEM_FILE = "kurma.yml"
 
 
-def _default_pod_networks() -> tuple[dict[str, Any], ...]:
+def _default_pod_networks() -> tuple[NetworkSpec, ...]:
     # A pod joins the first unless it names others (net/config.py).
-    return ({"name": "kurma0", "type": "bridge", "subnet": "10.222.0.0/16"},)
+    return (BridgeSpec("kurma0", "kurma0", "10.222.0.0/16"),)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class BootConfig:
     api: ApiConfig = field(default_factory=ApiConfig)
     images: tuple[str, ...] = ()  # ACI files, globs allowed
     initial_pods: tuple[InitialPod, ...] = ()
-    pod_networks: tuple[dict[str, Any], ...] = field(default_factory=_default_pod_networks)
+    pod_networks: tuple[NetworkSpec, ...] = field(default_factory=_default_pod_networks)
 
     def section_json(self, key: str) -> Any:
         """One section in its YAML form."""

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kurmad.net.config import NetworkError, check_network_configs
+from kurmad.net.config import NetworkError, NetworkSpec, parse_networks
 from kurmad.pods.restart import RestartPolicy
 from kurmad.volumes import parse_volume
 
@@ -114,15 +114,14 @@ def strings(key: str, value: Any) -> tuple[str, ...]:
     )
 
 
-def pod_networks(value: Any) -> tuple[dict[str, Any], ...]:
-    """Pod networks in net/config.py's form (net/ owns their type), checked by net/."""
+def pod_networks(value: Any) -> tuple[NetworkSpec, ...]:
+    """Pod networks, in net/config.py's types (net/ owns and checks them)."""
     for i, network in enumerate(expect(value, list, "pod_networks")):
         expect(network, dict, f"pod_networks[{i}]")
     try:
-        check_network_configs(value)
+        return parse_networks(value)
     except NetworkError as err:
         raise ConfigError(f"pod_networks: {err}") from None
-    return tuple(copy.deepcopy(network) for network in value)
 
 
 # --- hardware -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import instance, netns
+from .config import BridgeSpec
 from .instance import TAG_DIGITS, Instance
 from .ipam import Ipam
 
@@ -33,21 +34,6 @@ class NetworkSetupError(Exception):
 class BridgeInUse(NetworkSetupError, ValueError):
     """A configured bridge is another's: the daemon refuses to start (a ValueError, as the
     faults of its configuration are), a pod to start on it."""
-
-
-@dataclass(frozen=True)
-class BridgeSpec:
-    name: str
-    bridge: str
-    subnet: str
-    gateway: str | None = None
-    mtu: int | None = None
-    masquerade: bool = True
-
-    @classmethod
-    def from_config(cls, entry: dict[str, Any]) -> BridgeSpec:
-        return cls(entry["name"], entry.get("bridge", entry["name"]), entry["subnet"],
-                   entry.get("gateway"), entry.get("mtu"), entry.get("masquerade", True))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,16 @@
 """Pod network definitions, checked before anything is made from them: names unique and not
 "host" or "none", types known, subnets valid and apart from one another. Light on purpose: the
-boot config checks networks with it, long before pyroute2 is imported."""
+boot config checks networks with it, long before pyroute2 is imported.
+
+parse_networks() turns the YAML form (a list of objects: ``kurmad serve --network-config``, the
+boot config's ``pod_networks``) into the types the rest of kurmad passes around: BridgeSpec and
+CniSpec, and only net/ reads them."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
+from dataclasses import dataclass
 from typing import Any
 
 HOST, NONE = "host", "none"
@@ -12,6 +18,98 @@ HOST, NONE = "host", "none"
 
 class NetworkError(Exception):
     """A request the networks cannot meet; ``str()`` says which and why."""
+
+
+@dataclass(frozen=True)
+class BridgeSpec:
+    """A network of kurmad's own: a bridge, its subnet, and kurmad's IPAM and firewall."""
+
+    name: str
+    bridge: str
+    subnet: str
+    gateway: str | None = None  # default: the subnet's first address
+    mtu: int | None = None
+    masquerade: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": "bridge", "subnet": self.subnet}
+        if self.bridge != self.name:
+            out["bridge"] = self.bridge
+        out |= {"gateway": self.gateway} if self.gateway is not None else {}
+        out |= {"mtu": self.mtu} if self.mtu is not None else {}
+        return out | ({} if self.masquerade else {"masquerade": False})
+
+
+@dataclass(frozen=True)
+class CniSpec:
+    """A network that CNI plugins make: their configuration, CNI's own JSON, as text."""
+
+    name: str
+    config: str
+    plugin_dirs: tuple[str, ...] | None = None  # default: cni.DEFAULT_PLUGIN_DIRS
+    timeout: float | None = None  # seconds a plugin may take; default: cni.DEFAULT_TIMEOUT
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": "cni", "config": json.loads(self.config)}
+        out |= {"plugin_dirs": list(self.plugin_dirs)} if self.plugin_dirs is not None else {}
+        return out | ({"timeout": self.timeout} if self.timeout is not None else {})
+
+
+NetworkSpec = BridgeSpec | CniSpec
+
+
+def parse_networks(configs: Any) -> tuple[NetworkSpec, ...]:
+    """The networks of their YAML form, checked (NetworkError names the network and field)."""
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        raise NetworkError("networks must be a list of objects")
+    check_network_configs(configs)
+    return tuple(_cni(c) if c.get("type", "bridge") == "cni" else _bridge(c) for c in configs)
+
+
+def _bridge(config: dict[str, Any]) -> BridgeSpec:
+    name = config["name"]
+    subnet = ipaddress.ip_network(config["subnet"])
+    gateway, mtu, masquerade = (
+        config.get("gateway"),
+        config.get("mtu"),
+        config.get("masquerade", True),
+    )
+    if gateway is not None and not _address_in(gateway, subnet):
+        raise NetworkError(f"network {name}: gateway {gateway!r} is not an address in {subnet}")
+    if mtu is not None and (
+        isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535
+    ):
+        raise NetworkError(f"network {name}: mtu {mtu!r} is not a whole number from 68 to 65535")
+    if not isinstance(masquerade, bool):
+        raise NetworkError(f"network {name}: masquerade {masquerade!r} is not true or false")
+    return BridgeSpec(
+        name, config.get("bridge", name), str(config["subnet"]), gateway, mtu, masquerade
+    )
+
+
+def _address_in(text: object, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        return isinstance(text, str) and ipaddress.ip_address(text) in subnet
+    except ValueError:
+        return False
+
+
+def _cni(config: dict[str, Any]) -> CniSpec:
+    name = config["name"]
+    dirs, timeout = config.get("plugin_dirs"), config.get("timeout")
+    if dirs is not None and (
+        not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs)
+    ):
+        raise NetworkError(f"network {name}: plugin_dirs must be a list of paths")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise NetworkError(
+            f"network {name}: timeout {timeout!r} is not a number of seconds above 0"
+        )
+    plugin_dirs = None if dirs is None else tuple(dirs)
+    return CniSpec(name, json.dumps(config["config"]), plugin_dirs,
+                   None if timeout is None else float(timeout))  # fmt: skip
 
 
 def check_network_configs(configs: list[dict[str, Any]]) -> None:

@@ -15,11 +15,12 @@ veths named after it; reconcile touches nothing else."""
 from __future__ import annotations
 
 import errno
+import json
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -32,12 +33,11 @@ from .bridge import (
     POD_DIGITS,
     VETH_PREFIX,
     BridgeNetwork,
-    BridgeSpec,
     NetworkSetupError,
     parse_veth,
 )
-from .cni import CniError, CniNetwork, CniResult
-from .config import HOST, NONE, NetworkError, check_network_configs
+from .cni import DEFAULT_TIMEOUT, CniError, CniNetwork, CniResult
+from .config import HOST, NONE, CniSpec, NetworkError, NetworkSpec
 from .instance import Instance
 from .ipam import IpamError
 from .plan import Attachment, NetworkPlan, PublishedPort
@@ -46,21 +46,18 @@ from .ports import PortRequest
 
 class PodNetworks:
     def __init__(
-        self, state_dir: Path, configs: list[dict[str, Any]], default: str | None = None
+        self, state_dir: Path, specs: Sequence[NetworkSpec], default: str | None = None
     ) -> None:
-        check_network_configs(configs)
         self.state_dir = state_dir
         self.instance = Instance.of(state_dir)
         self.bridges: dict[str, BridgeNetwork] = {}
         self.cni: dict[str, CniNetwork] = {}
-        for config in configs:
-            if config.get("type", "bridge") == "cni":
-                self.cni[config["name"]] = CniNetwork(config["config"], **_cni_options(config))
+        for spec in specs:
+            if isinstance(spec, CniSpec):
+                self.cni[spec.name] = _cni_network(spec)
             else:
-                self.bridges[config["name"]] = BridgeNetwork(
-                    BridgeSpec.from_config(config), state_dir, self.instance
-                )
-        self.default = default or (configs[0]["name"] if configs else NONE)
+                self.bridges[spec.name] = BridgeNetwork(spec, state_dir, self.instance)
+        self.default = default or (specs[0].name if specs else NONE)
         self.ports_file = state_dir / "networks" / "ports.json"
         self._ports: dict[str, PublishedPort] = self._load_ports()
         self._lock = threading.RLock()
@@ -311,10 +308,6 @@ def _check_port_free(request: PortRequest) -> None:
             raise
 
 
-def _cni_options(config: dict[str, Any]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if "plugin_dirs" in config:
-        options["plugin_dirs"] = list(config["plugin_dirs"])
-    if "timeout" in config:
-        options["timeout"] = float(config["timeout"])
-    return options
+def _cni_network(spec: CniSpec) -> CniNetwork:
+    timeout = DEFAULT_TIMEOUT if spec.timeout is None else spec.timeout
+    return CniNetwork(json.loads(spec.config), plugin_dirs=spec.plugin_dirs, timeout=timeout)
