@@ -104,9 +104,10 @@ KURMAD_DHCP = """
 import json, time
 from pathlib import Path
 from kurmad.net.host import HostNetwork
+from kurmad.net.interfaces import InterfaceConfig, NetworkConfig
 network = HostNetwork(Path({state!r}), Path({resolv!r}))
 began = time.perf_counter()
-network.configure({{"interfaces": [{{"match": {{"name": "eth0"}}, "dhcp": True}}]}}, "bench")
+network.configure(NetworkConfig((InterfaceConfig(match_name="eth0", dhcp=True),)), "bench")
 seconds = time.perf_counter() - began
 network.release()
 print(json.dumps({{"seconds": seconds}}))

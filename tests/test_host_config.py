@@ -27,9 +27,8 @@ from kurmad.host.sections import (
     DiskMatch,
     Hardware,
     InitialPod,
-    InterfaceConfig,
-    NetworkConfig,
 )
+from kurmad.net.interfaces import InterfaceConfig, NetworkConfig
 from kurmad.pods.restart import RestartPolicy
 
 REPO = Path(__file__).resolve().parent.parent

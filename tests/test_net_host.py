@@ -37,12 +37,14 @@ def configure_in(
     code = f"""
         import json, time
         from pathlib import Path
+        from kurmad.host.sections import network_config
         from kurmad.net.host import HostNetwork, NetworkError
         network = HostNetwork(Path({str(tmp_path / "state")!r}), Path({str(tmp_path / "resolv.conf")!r}))
         out = {{}}
         began = time.monotonic()
         try:
-            out["report"] = network.configure(json.loads({json.dumps(settings)!r}), "kurma-test")
+            config = network_config(json.loads({json.dumps(settings)!r}))
+            out["report"] = network.configure(config, "kurma-test")
         except NetworkError as err:
             out["error"] = str(err)
         out["seconds"] = time.monotonic() - began

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from kurmad.net.config import BridgeSpec, NetworkSpec
+from kurmad.net.interfaces import NetworkConfig
 
 from . import sections
 from .power import DEFAULT_CONFIG_FILE
@@ -29,7 +30,6 @@ from .sections import (
     DiskConfig,
     Hardware,
     InitialPod,
-    NetworkConfig,
     expect,
 )
 
@@ -87,7 +87,7 @@ _SECTIONS: dict[str, Callable[[Any], Any]] = {
     "state_dir": lambda v: Path(expect(v, str, "state_dir")),
     "cgroup_parent": lambda v: expect(v, str, "cgroup_parent"),
     "disks": sections.disks,
-    "network": NetworkConfig.from_json,
+    "network": sections.network_config,
     "api": ApiConfig.from_json,
     "images": lambda v: sections.strings("images", v),
     "initial_pods": sections.initial_pods,

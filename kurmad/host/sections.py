@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kurmad.net.config import NetworkError, NetworkSpec, parse_networks
+from kurmad.net.interfaces import InterfaceConfig, NetworkConfig
 from kurmad.pods.restart import RestartPolicy
 from kurmad.volumes import parse_volume
 
@@ -228,43 +229,21 @@ def disks(value: Any) -> tuple[DiskConfig, ...]:
 # --- network ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class InterfaceConfig:
-    """The host links an entry matches (a name pattern, a MAC; neither: every link) and how
-    they are set up: DHCP (not given: unless there is a static address), an address, an MTU."""
-
-    match_name: str | None = None
-    match_mac: str | None = None
-    dhcp: bool | None = None
-    address: str | None = None  # ADDRESS/PREFIX
-    gateway: str | None = None
-    mtu: int | None = None
-
-    @classmethod
-    def from_json(cls, value: Any, path: str) -> InterfaceConfig:
-        interface = expect(value, dict, path)
-        known_keys(interface, _INTERFACE_KEYS, path)
-        match = expect(interface.get("match", {}), dict, f"{path}.match")
-        known_keys(match, ("name", "mac"), f"{path}.match")
-        dhcp = expect(interface["dhcp"], bool, f"{path}.dhcp") if "dhcp" in interface else None
-        address = _interface_address(interface["address"], path) if "address" in interface else None
-        gateway = interface.get("gateway")
-        if "gateway" in interface:
-            gateway = _address(gateway, f"{path}.gateway")
-        mtu = interface.get("mtu")
-        if "mtu" in interface and not (isinstance(mtu, int) and 68 <= mtu <= 65535):
-            raise ConfigError(f"{path}.mtu: must be a number from 68 to 65535")
-        name, mac = (str(match[key]) if key in match else None for key in ("name", "mac"))
-        return cls(name, mac, dhcp, address, gateway, mtu)
-
-    def to_json(self) -> dict[str, Any]:
-        match = {key: value for key, value in (("name", self.match_name), ("mac", self.match_mac))
-                 if value is not None}  # fmt: skip
-        given = {"dhcp": self.dhcp, "address": self.address, "gateway": self.gateway,
-                 "mtu": self.mtu}  # fmt: skip
-        out: dict[str, Any] = {"match": match} if match else {}
-        out.update({key: value for key, value in given.items() if value is not None})
-        return out
+def interface_config(value: Any, path: str) -> InterfaceConfig:
+    interface = expect(value, dict, path)
+    known_keys(interface, _INTERFACE_KEYS, path)
+    match = expect(interface.get("match", {}), dict, f"{path}.match")
+    known_keys(match, ("name", "mac"), f"{path}.match")
+    dhcp = expect(interface["dhcp"], bool, f"{path}.dhcp") if "dhcp" in interface else None
+    address = _interface_address(interface["address"], path) if "address" in interface else None
+    gateway = interface.get("gateway")
+    if "gateway" in interface:
+        gateway = _address(gateway, f"{path}.gateway")
+    mtu = interface.get("mtu")
+    if "mtu" in interface and not (isinstance(mtu, int) and 68 <= mtu <= 65535):
+        raise ConfigError(f"{path}.mtu: must be a number from 68 to 65535")
+    name, mac = (str(match[key]) if key in match else None for key in ("name", "mac"))
+    return InterfaceConfig(name, mac, dhcp, address, gateway, mtu)
 
 
 def _interface_address(value: Any, path: str) -> str:
@@ -277,29 +256,17 @@ def _interface_address(value: Any, path: str) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
-class NetworkConfig:
-    interfaces: tuple[InterfaceConfig, ...] = (InterfaceConfig(match_name="eth*", dhcp=True),)
-    dns: tuple[str, ...] = ()
-    link_timeout: float = 10.0  # seconds to wait for carrier
-    dhcp_timeout: float = 15.0  # seconds the boot waits for a lease (the client keeps trying)
-
-    @classmethod
-    def from_json(cls, value: Any) -> NetworkConfig:
-        expect(value, dict, "network")
-        known_keys(value, _NETWORK_KEYS, "network")
-        entries = expect(value.get("interfaces", []), list, "network.interfaces")
-        interfaces = tuple(InterfaceConfig.from_json(entry, f"network.interfaces[{i}]")
-                           for i, entry in enumerate(entries))  # fmt: skip
-        servers = expect(value.get("dns", []), list, "network.dns")
-        dns = tuple(_address(server, f"network.dns[{i}]") for i, server in enumerate(servers))
-        timeouts = {key: _number(value[key], f"network.{key}")
-                    for key in ("link_timeout", "dhcp_timeout") if key in value}  # fmt: skip
-        return cls(interfaces, dns, **timeouts)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"interfaces": [i.to_json() for i in self.interfaces], "dns": list(self.dns),
-                "link_timeout": self.link_timeout, "dhcp_timeout": self.dhcp_timeout}  # fmt: skip
+def network_config(value: Any) -> NetworkConfig:
+    expect(value, dict, "network")
+    known_keys(value, _NETWORK_KEYS, "network")
+    entries = expect(value.get("interfaces", []), list, "network.interfaces")
+    interfaces = tuple(interface_config(entry, f"network.interfaces[{i}]")
+                       for i, entry in enumerate(entries))  # fmt: skip
+    servers = expect(value.get("dns", []), list, "network.dns")
+    dns = tuple(_address(server, f"network.dns[{i}]") for i, server in enumerate(servers))
+    timeouts = {key: _number(value[key], f"network.{key}")
+                for key in ("link_timeout", "dhcp_timeout") if key in value}  # fmt: skip
+    return NetworkConfig(interfaces, dns, **timeouts)
 
 
 # --- api ----------------------------------------------------------------------------------------

@@ -204,7 +204,7 @@ def configure_network(state: BootState) -> str:
         from kurmad.net.host import HostNetwork
 
         state.network = HostNetwork(state.state_dir, state.options.resolv_conf)
-    return state.network.configure(state.config.network.to_json(), state.config.hostname)
+    return state.network.configure(state.config.network, state.config.hostname)
 
 
 # -- the core and its API -------------------------------------------------------------------------

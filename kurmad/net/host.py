@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import fnmatch
 import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from pyroute2.dhcp.hooks import Trigger, hook
 from pyroute2.dhcp.leases import JSONFileLease, Lease, MissingOptionError
 
 from kurmad.linux.files import write_atomic, write_json_atomic
+
+from .interfaces import InterfaceConfig, NetworkConfig
 
 log = logging.getLogger("kurmad.net")
 
@@ -73,21 +74,14 @@ def list_links(ipr: IPRoute) -> list[Link]:
     return links
 
 
-def matches(link: Link, match: dict[str, str]) -> bool:
-    """A config ``match``: a name glob, a MAC (any case), or both; empty matches all."""
-    if "name" in match and not fnmatch.fnmatchcase(link.name, match["name"]):
-        return False
-    return "mac" not in match or link.mac == match["mac"].lower()
-
-
 def assign(
-    links: list[Link], interfaces: list[dict[str, Any]]
-) -> list[tuple[Link, dict[str, Any]]]:
+    links: list[Link], interfaces: Sequence[InterfaceConfig]
+) -> list[tuple[Link, InterfaceConfig]]:
     """Each link to the first config entry that matches it; an entry may match several."""
     chosen = []
     for link in links:
         for entry in interfaces:
-            if matches(link, entry.get("match", {})):
+            if entry.matches(link.name, link.mac):
                 chosen.append((link, entry))
                 break
     return chosen
@@ -251,31 +245,28 @@ class HostNetwork:
         self._lock = threading.Lock()
         self.dhcp: DhcpClients | None = None
 
-    def configure(self, settings: dict[str, Any], hostname: str | None = None) -> str:
+    def configure(self, config: NetworkConfig, hostname: str | None = None) -> str:
         """Configure every matched interface; return the report, or raise NetworkError naming
         each interface that failed (the others stay configured)."""
-        self.static_dns = list(settings.get("dns", []))
+        self.static_dns = list(config.dns)
         problems: list[str] = []
         dhcp_wanted: list[str] = []
         with IPRoute() as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             links = list_links(ipr)
-            chosen = assign(links, settings.get("interfaces", []))
-            problems += _unmatched(settings.get("interfaces", []), links)
-            for link, entry in chosen:
+            problems += _unmatched(config.interfaces, links)
+            for link, entry in assign(links, config.interfaces):
                 try:
-                    bring_up(ipr, link, entry.get("mtu"), float(settings.get("link_timeout", 10)))
-                    if entry.get("address"):
-                        self._record(
-                            link.name, set_static(ipr, link, entry["address"], entry.get("gateway"))
-                        )
-                    if entry.get("dhcp", not entry.get("address")):
+                    bring_up(ipr, link, entry.mtu, config.link_timeout)
+                    if entry.address:
+                        self._record(link.name, set_static(ipr, link, entry.address, entry.gateway))
+                    if entry.wants_dhcp:
                         dhcp_wanted.append(link.name)
                 except (NetworkError, OSError) as err:
                     problems.append(
                         str(err) if isinstance(err, NetworkError) else f"{link.name}: {err}"
                     )
-        problems += self._start_dhcp(dhcp_wanted, float(settings.get("dhcp_timeout", 15)), hostname)
+        problems += self._start_dhcp(dhcp_wanted, config.dhcp_timeout, hostname)
         self.write_resolv_conf()
         report = "; ".join(s.describe() for s in self.states.values()) or "no interface configured"
         if problems:
@@ -334,11 +325,9 @@ class HostNetwork:
             self.dhcp = None
 
 
-def _unmatched(interfaces: Iterable[dict[str, Any]], links: list[Link]) -> list[str]:
-    problems = []
-    for i, entry in enumerate(interfaces):
-        match = entry.get("match", {})
-        if not any(matches(link, match) for link in links):
-            what = " ".join(f"{k}={v}" for k, v in match.items()) or "anything"
-            problems.append(f"network.interfaces[{i}]: no interface matches {what}")
-    return problems
+def _unmatched(interfaces: Iterable[InterfaceConfig], links: list[Link]) -> list[str]:
+    return [
+        f"network.interfaces[{i}]: no interface matches {entry.describe_match()}"
+        for i, entry in enumerate(interfaces)
+        if not any(entry.matches(link.name, link.mac) for link in links)
+    ]
