@@ -32,10 +32,7 @@ def add_verbs(verbs: argparse._SubParsersAction, connection: argparse.ArgumentPa
 def host_info(args: argparse.Namespace) -> int:
     from . import render
 
-    with client(args) as kurma:
-        info = kurma.info()
-    render.present(info, args.output, render.host_info)
-    return 0
+    return render.read_and_present(args, lambda kurma: kurma.info(), render.host_info)
 
 
 def host_power(args: argparse.Namespace) -> int:

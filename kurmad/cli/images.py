@@ -116,10 +116,7 @@ class _Progress:
 def list_images(args: argparse.Namespace) -> int:
     from . import render
 
-    with client(args) as kurma:
-        images = kurma.images()
-    render.present(images, args.output, render.images_table)
-    return 0
+    return render.read_and_present(args, lambda kurma: kurma.images(), render.images_table)
 
 
 def show_image(args: argparse.Namespace) -> int:
@@ -142,10 +139,7 @@ def remove_images(args: argparse.Namespace) -> int:
 def gc_images(args: argparse.Namespace) -> int:
     from . import render
 
-    with client(args) as kurma:
-        removed = kurma.gc(args.grace)
-    render.present(removed, args.output, _removed_lines)
-    return 0
+    return render.read_and_present(args, lambda kurma: kurma.gc(args.grace), _removed_lines)
 
 
 def _removed_lines(removed: list[pb.Image]) -> None:

@@ -264,10 +264,7 @@ def list_pods(args: argparse.Namespace) -> int:
 def show_pod(args: argparse.Namespace) -> int:
     from . import render
 
-    with client(args) as kurma:
-        pod = kurma.get(args.pod)
-    render.present(pod, args.output, render.show_pod)
-    return 0
+    return render.read_and_present(args, lambda kurma: kurma.get(args.pod), render.show_pod)
 
 
 def pod_logs(args: argparse.Namespace) -> int:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from kurmad.api.v1 import kurma_pb2 as pb
+
+if TYPE_CHECKING:
+    from kurmad.client import Client
 
 Shown = TypeVar("Shown", bound="Message | Sequence[Message]")  # what a table prints
 
@@ -56,6 +60,18 @@ def present(data: Shown, fmt: str, as_table: Callable[[Shown], None]) -> None:
         as_table(data)
     else:
         emit(as_dict(data) if isinstance(data, Message) else [as_dict(m) for m in data], fmt)
+
+
+def read_and_present(
+    args: argparse.Namespace, read: Callable[[Client], Shown], as_table: Callable[[Shown], None]
+) -> int:
+    """The verbs that read one thing from kurmad and show it: ``read`` it, ``present`` it."""
+    from .connection import client
+
+    with client(args) as kurma:
+        data = read(kurma)
+    present(data, args.output, as_table)
+    return 0
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
