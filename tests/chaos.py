@@ -231,13 +231,13 @@ def _stray_veths(namespace: str, tag: str, wired: set[str], patience: float = 5.
     destroying those of namespaces let go (it does so after the removal has answered)."""
     prefixes = {u.replace("-", "")[:9] for u in wired}
     deadline = time.monotonic() + patience
-    while True:
-        with NetNS(namespace) as ns:
+    with NetNS(namespace) as ns:  # one helper process for the whole wait (NetNS forks one)
+        while True:
             veths = [parse_veth(link.get("ifname") or "") for link in ns.get_links()]
-        stray = [str(v) for v in veths if v and v.instance == tag and v.pod not in prefixes]
-        if not stray or time.monotonic() > deadline:
-            return stray
-        time.sleep(0.1)
+            stray = [str(v) for v in veths if v and v.instance == tag and v.pod not in prefixes]
+            if not stray or time.monotonic() > deadline:
+                return stray
+            time.sleep(0.1)
 
 
 def _map_elements(listing: str) -> Iterator[int]:
