@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 # Debian packages the build, the tests and the benchmarks need on a fresh Debian 12 machine.
 APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzip util-linux openssl \
 	e2fsprogs dnsmasq-base qemu-system-x86 kmod binutils dropbear-bin libudev1 \
-	nftables containernetworking-plugins
+	nftables containernetworking-plugins \
+	docker-registry umoci skopeo apache2-utils
 # The peers the benchmarks measure against: installed by make bench, not by CI.
 BENCH_PACKAGES := crun runc podman
 
