@@ -8,11 +8,13 @@ from __future__ import annotations
 import base64
 import datetime
 import http.server
+import io
 import json
 import shutil
 import socket
 import ssl
 import subprocess
+import tarfile
 import threading
 import time
 import urllib.parse
@@ -262,8 +264,8 @@ def _self_signed(key: rsa.RSAPrivateKey, name: str) -> x509.Certificate:
 
 
 def build_busybox_layout(layout: Path, tag: str = "1.0") -> Path:
-    """An OCI layout with a two-layer busybox image: the base, then a layer that deletes a file
-    (a whiteout) and replaces a directory's contents (an opaque directory)."""
+    """An OCI layout with a three-layer busybox image: the base; a layer that deletes a file and
+    replaces a directory's contents (whiteouts); a layer that makes that directory opaque."""
     busybox = busybox_path()
     assert busybox is not None
     bundle = layout.parent / f"{layout.name}-bundle"
@@ -287,12 +289,32 @@ def build_busybox_layout(layout: Path, tag: str = "1.0") -> Path:
     (rootfs / "data").mkdir()
     (rootfs / "data/new").write_text("only this\n")
     _umoci("repack", "--image", f"{layout}:{tag}", str(bundle))
+    _umoci("raw", "add-layer", "--image", f"{layout}:{tag}", str(_opaque_layer(layout.parent)))
     _umoci("config", "--image", f"{layout}:{tag}", "--config.entrypoint", "/bin/httpd",
            "--config.cmd", "-f", "--config.cmd", "-p", "--config.cmd", "80", "--config.cmd", "-h",
            "--config.cmd", "/www", "--config.exposedports", "80/tcp",
            "--config.env", "GREETING=hello")  # fmt: skip
     shutil.rmtree(bundle)
     return layout
+
+
+def _opaque_layer(directory: Path) -> Path:
+    """A layer that makes /data opaque (umoci itself writes one whiteout per removed entry)."""
+    path = directory / "opaque-layer.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in (
+            ("data", None),
+            ("data/.wh..wh..opq", b""),
+            ("data/newest", b"newest\n"),
+        ):
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return path
 
 
 def _umoci(*args: str) -> None:

@@ -85,7 +85,7 @@ def test_an_image_pushed_by_skopeo_is_resolved_and_its_layers_verified(anonymous
     assert pulled.config.cmd == ("-f", "-p", "80", "-h", "/www")
     assert pulled.config.exposed_ports == ("80/tcp",)
     assert "GREETING=hello" in pulled.config.env
-    assert len(pulled.manifest.layers) == 2
+    assert len(pulled.manifest.layers) == 3
     blobs = fetch_layers(registry_client, reference, pulled.manifest.layers)
     for layer, blob in zip(pulled.manifest.layers, blobs, strict=True):
         assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer.digest
@@ -164,7 +164,7 @@ def test_basic_credentials_open_an_htpasswd_registry(htpasswd: Registry) -> None
     reference = parse_reference(f"{htpasswd.host}/web:1.0")
     registry_client = client(htpasswd, credentials=credentials)
     pulled = registry_client.resolve(reference, AMD64)
-    assert len(fetch_layers(registry_client, reference, pulled.manifest.layers)) == 2
+    assert len(fetch_layers(registry_client, reference, pulled.manifest.layers)) == 3
 
 
 def test_wrong_credentials_are_refused_by_name(htpasswd: Registry) -> None:
@@ -194,7 +194,7 @@ def test_a_bearer_token_is_fetched_with_the_credentials_and_cached(
         registry_client = client(registry, credentials=credentials)
         pulled = registry_client.resolve(reference, AMD64)
         fetch_layers(registry_client, reference, pulled.manifest.layers)
-        assert tokens.issued - before == 1  # manifest, config and two layers: one token
+        assert tokens.issued - before == 1  # manifest, config and three layers: one token
 
 
 def test_a_docker_config_json_gives_credentials_per_registry(tmp_path: Path) -> None:

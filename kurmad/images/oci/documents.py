@@ -27,6 +27,8 @@ from kurmad.appc._json import (
 )
 from kurmad.appc.errors import ValidationError
 
+from .reference import Reference
+
 MAX_MANIFEST_BYTES = 4 * 2**20
 _DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}
 
@@ -41,6 +43,7 @@ class MediaType(StrEnum):
     DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
     DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
     DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+    DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"  # docker save's, uncompressed
     DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 
@@ -59,6 +62,7 @@ LAYER_COMPRESSION = {
     MediaType.OCI_LAYER: Compression.NONE,
     MediaType.OCI_LAYER_GZIP: Compression.GZIP,
     MediaType.OCI_LAYER_ZSTD: Compression.ZSTD,
+    MediaType.DOCKER_LAYER: Compression.NONE,
     MediaType.DOCKER_LAYER_GZIP: Compression.GZIP,
 }
 # What a registry is asked for: every manifest kind kurmad reads, an index first.
@@ -282,3 +286,17 @@ def layer_count_matches(manifest: Manifest, config: ImageConfig) -> None:
             "config.rootfs.diff_ids",
             f"{len(config.diff_ids)} layers, but the manifest lists {len(manifest.layers)}",
         )
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """One image for one platform, from a registry or an archive: its manifest (with that
+    manifest's digest) and its config, each checked against its digest. ``reference`` is what
+    it was asked for by, or what an archive names it (``None`` if the archive does not)."""
+
+    reference: Reference | None
+    manifest: Manifest
+    manifest_digest: str
+    manifest_bytes: bytes
+    config: ImageConfig
+    config_bytes: bytes

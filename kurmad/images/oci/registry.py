@@ -44,16 +44,17 @@ from .documents import (
     Index,
     Manifest,
     Platform,
+    ResolvedImage,
     check_digest,
     layer_count_matches,
     parse_document,
     verify_digest,
 )
 from .reference import DOCKER_HUB, Reference
+from .transfer import CHUNK, BlobTransfer
 
 CERTS_DIRS = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d"))
 DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
-CHUNK = 1 << 20
 RESUMES = 3  # a blob transfer that breaks is resumed this many times before it fails
 TOKEN_LIFETIME = 60.0  # what the token spec says to assume when a token server says nothing
 
@@ -83,18 +84,6 @@ class RegistryConfig:
     certs_dirs: tuple[Path, ...] = CERTS_DIRS
     timeout: float = 30.0
     max_redirects: int = 5
-
-
-@dataclass(frozen=True)
-class Pulled:
-    """What a reference resolves to for one platform: its manifest (by digest) and config."""
-
-    reference: Reference
-    manifest: Manifest
-    manifest_digest: str
-    manifest_bytes: bytes
-    config: ImageConfig
-    config_bytes: bytes
 
 
 def load_docker_auths(path: Path) -> dict[str, Credentials]:
@@ -136,7 +125,7 @@ class RegistryClient:
 
     # --- what callers ask for ---------------------------------------------------------------
 
-    def resolve(self, reference: Reference, platform: Platform) -> Pulled:
+    def resolve(self, reference: Reference, platform: Platform) -> ResolvedImage:
         """The manifest and config of ``reference`` for ``platform`` (through an index if the
         reference names one), each verified against its digest."""
         if reference.registry is None:
@@ -153,7 +142,7 @@ class RegistryClient:
         config_bytes = self.small_blob(reference, document.config)
         config = _parse(ImageConfig.from_bytes, config_bytes, f"{reference}: config")
         _checked(partial(layer_count_matches, document, config), reference)
-        return Pulled(reference, document, digest, data, config, config_bytes)
+        return ResolvedImage(reference, document, digest, data, config, config_bytes)
 
     def manifest(self, reference: Reference, tag_or_digest: str) -> tuple[bytes, str, str]:
         """A manifest's bytes, media type and digest. Asked for by digest, the bytes must hash
@@ -181,7 +170,7 @@ class RegistryClient:
              progress: Callable[[int], None] | None = None) -> None:  # fmt: skip
         """Stream a blob into ``sink``, hashing as it goes; resume a broken transfer with
         ``Range`` where it stopped. Nothing is accepted past the descriptor's size."""
-        transfer = _Transfer(descriptor, sink, progress)
+        transfer = BlobTransfer(descriptor, sink, progress)
         for attempt in range(RESUMES + 1):
             try:
                 self._stream_blob(reference, transfer)
@@ -191,11 +180,11 @@ class RegistryClient:
                     raise RegistryError(f"{reference}: {descriptor.digest} broke off at "
                                         f"{transfer.received} of {descriptor.size} bytes: "
                                         f"{_reason(err)}") from None  # fmt: skip
-        if transfer.received != descriptor.size or transfer.digest() != descriptor.digest:
-            raise RegistryError(f"{reference}: blob {descriptor.digest} does not match its digest "
-                                f"({transfer.received} bytes, {transfer.digest()[:23]}…)")  # fmt: skip
+        problem = transfer.problem()
+        if problem:
+            raise RegistryError(f"{reference}: {problem}")
 
-    def _stream_blob(self, reference: Reference, transfer: _Transfer) -> None:
+    def _stream_blob(self, reference: Reference, transfer: BlobTransfer) -> None:
         descriptor = transfer.descriptor
         headers = {"Range": f"bytes={transfer.received}-"} if transfer.received else {}
         response = self._open(reference, f"/v2/{reference.path}/blobs/{descriptor.digest}", headers)
@@ -356,36 +345,6 @@ class RegistryClient:
         token, lifetime = _read_token(body, url.netloc)
         self._tokens[key] = (token, time.monotonic() + max(lifetime - 5, 1))
         return token
-
-
-@dataclass
-class _Transfer:
-    """One blob on its way into ``sink``: what has arrived, and its hash so far."""
-
-    descriptor: Descriptor
-    sink: BinaryIO
-    progress: Callable[[int], None] | None
-    received: int = 0
-    hasher: hashlib._Hash = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.restart()
-
-    def restart(self) -> None:
-        self.sink.seek(0)
-        self.sink.truncate()
-        self.hasher = hashlib.new(self.descriptor.digest.split(":", 1)[0])
-        self.received = 0
-
-    def take(self, chunk: bytes) -> None:
-        self.hasher.update(chunk)
-        self.sink.write(chunk)
-        self.received += len(chunk)
-        if self.progress is not None:
-            self.progress(len(chunk))
-
-    def digest(self) -> str:
-        return f"{self.hasher.name}:{self.hasher.hexdigest()}"
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
