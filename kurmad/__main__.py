@@ -72,6 +72,8 @@ def _serve_verb(verbs: Verbs) -> None:
         "--cgroup-parent", default="kurmad", help="absolute, or under kurmad's own cgroup"
     )
     serve.add_argument("--image-quota", type=int, help="bytes the image store may use")
+    serve.add_argument("--strict-images", action="store_true",
+                       help="refuse images with setuid/setgid files or device nodes")  # fmt: skip
     serve.add_argument("--allow-host-volume", action="append", default=[], type=Path, metavar="DIR",
                        help="host paths below DIR may be volumes of any operator's pods (the "
                             "admin role may mount others); repeatable")  # fmt: skip
@@ -163,7 +165,7 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         state_dir=args.state_dir, listen=args.listen, insecure=args.insecure, socket=args.socket,
         cgroup_parent=args.cgroup_parent, image_quota=args.image_quota, networks=networks,
         default_network=default, host_volumes=_absolute_dirs(args.allow_host_volume),
-        pids_limit=_positive(args.pids_limit, "--pids-limit"),
+        pids_limit=_positive(args.pids_limit, "--pids-limit"), strict_images=args.strict_images,
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from kurmad.appc import PodManifest
+from kurmad.images.extract import DEFAULT_POLICY, STRICT_POLICY
 from kurmad.images.store import ImageStore, ImportResult
 from kurmad.net.config import NetworkSpec
 from kurmad.net.pods import PodNetworks
@@ -47,6 +48,7 @@ class Settings:
     default_network: str | None = None  # default: the first
     host_volumes: tuple[Path, ...] = ()  # host paths below which any operator may mount volumes
     pids_limit: int | None = DEFAULT_PIDS_LIMIT  # processes per pod
+    strict_images: bool = False  # refuse setuid files and device nodes in images (extract.py)
 
     @property
     def socket_path(self) -> Path:
@@ -83,7 +85,8 @@ class Core:
         prepare_state(settings.state_dir)  # stamped or migrated before any room opens its part
         os.chmod(settings.state_dir, 0o700)  # one made earlier, by hand or by an older kurmad
         self.events = EventBus()
-        self.store = ImageStore(settings.state_dir / "images", quota_bytes=settings.image_quota)
+        self.store = ImageStore(settings.state_dir / "images", quota_bytes=settings.image_quota,
+                                policy=STRICT_POLICY if settings.strict_images else DEFAULT_POLICY)  # fmt: skip
         networks = (
             PodNetworks(settings.state_dir, settings.networks, settings.default_network)
             if settings.networks else None

@@ -23,6 +23,7 @@ from kurmad.pods.model import PodState
 from kurmad.pods.privileges import PrivilegeRequired
 
 from .busybox import busybox_path, write_busybox_aci
+from .tarcraft import aci, file, image_manifest
 
 PARENT = f"/kurmad-test-{os.getpid()}-core"
 needs_root = pytest.mark.skipif(
@@ -89,3 +90,30 @@ def test_the_boot_config_gives_the_core_its_settings() -> None:
     fallback = api_settings(state)
     assert (fallback.state_dir, fallback.listen) == (FALLBACK_STATE_DIR, None)
     assert state.config.api.listen == "0.0.0.0:7777"  # decided in the boot state, not the config
+
+
+def test_strict_images_reach_the_store_from_the_boot_config_and_from_serve(tmp_path: Path) -> None:
+    from kurmad.__main__ import _serve_settings, build_parser
+    from kurmad.host.config import load
+
+    (tmp_path / "kurma.yml").write_text("strict_images: true\n")
+    loaded = load(base_file=tmp_path / "kurma.yml")
+    assert loaded.errors == [] and loaded.config.strict_images
+    (tmp_path / "bad.yml").write_text("strict_images: sure\n")
+    assert any("strict_images" in e for e in load(base_file=tmp_path / "bad.yml").errors)
+    state = boot_state(loaded.config)
+    state.state_disk = tmp_path / "boot"
+    assert api_settings(state).strict_images
+    args = build_parser().parse_args(
+        ["serve", "--state-dir", str(tmp_path / "s"), "--strict-images"]
+    )
+    settings = _serve_settings(args)
+    assert settings.strict_images
+    core = Core(settings)
+    try:
+        setuid = tmp_path / "su.aci"
+        setuid.write_bytes(aci(image_manifest("example.com/su"), [file("su", "x", 0o4755)]))
+        with pytest.raises(Exception, match="setuid or setgid; the strict store refuses that"):
+            core.import_image(setuid.open("rb"))
+    finally:
+        core.close()

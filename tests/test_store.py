@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kurmad.images import store as store_module
-from kurmad.images.extract import ExtractPolicy
+from kurmad.images.extract import STRICT_POLICY, Devices, ExtractPolicy
 from kurmad.images.store import (
     AmbiguousImage,
     ImageInUse,
@@ -345,18 +345,32 @@ def _device_entry(kind: bytes):
     return Entry("dev/null", kind, mode=0o666)
 
 
-@pytest.mark.parametrize("kind,what", [(b"3", "device node"), (b"4", "device node")])
-def test_device_nodes_are_refused_by_default(store: ImageStore, kind: bytes, what: str) -> None:
-    with pytest.raises(ImportFailed, match=what):
+@pytest.mark.parametrize("kind", [b"3", b"4"])
+def test_device_nodes_are_left_out_with_a_warning(store: ImageStore, kind: bytes) -> None:
+    """debootstrap leaves nodes in /dev: the image imports, without them, and says so."""
+    entries = [directory("dev"), _device_entry(kind), file("etc/os-release", "x")]
+    result = do_import(store, aci(image_manifest("example.com/dev"), entries))
+    rootfs = store.rootfs(result.record.id)
+    assert not rootfs.joinpath("dev/null").exists() and rootfs.joinpath("etc/os-release").exists()
+    assert result.record.warnings == (
+        "left out 1 device node(s) (dev/null): a pod's /dev is its own",
+    )
+
+
+@pytest.mark.parametrize("kind", [b"3", b"4"])
+def test_the_strict_store_refuses_device_nodes(tmp_path: Path, kind: bytes) -> None:
+    strict = ImageStore(tmp_path / "strict", durable=False, policy=STRICT_POLICY)
+    with pytest.raises(ImportFailed, match="is a device node; the strict store refuses them"):
         do_import(
-            store, aci(image_manifest("example.com/dev"), [directory("dev"), _device_entry(kind)])
+            strict, aci(image_manifest("example.com/dev"), [directory("dev"), _device_entry(kind)])
         )
-    assert snapshot(store) == ([], [], [])
+    assert snapshot(strict) == ([], [], [])
+    strict.close()
 
 
 @needs_root
-def test_device_nodes_are_kept_when_allowed(tmp_path: Path) -> None:
-    s = ImageStore(tmp_path / "s", durable=False, policy=ExtractPolicy(allow_devices=True))
+def test_device_nodes_are_kept_when_asked(tmp_path: Path) -> None:
+    s = ImageStore(tmp_path / "s", durable=False, policy=ExtractPolicy(devices=Devices.KEEP))
     record = do_import(
         s, aci(image_manifest("example.com/dev"), [directory("dev"), _device_entry(b"3")])
     ).record
@@ -364,16 +378,20 @@ def test_device_nodes_are_kept_when_allowed(tmp_path: Path) -> None:
     s.close()
 
 
-def test_setuid_files_are_refused_unless_allowed(store: ImageStore, tmp_path: Path) -> None:
-    data = aci(image_manifest("example.com/su"), [file("su", "x", 0o4755)])
-    with pytest.raises(ImportFailed, match="setuid or setgid"):
-        do_import(store, data)
-    lenient = ImageStore(
-        tmp_path / "lenient", durable=False, policy=ExtractPolicy(allow_setuid=True)
+def test_setuid_files_are_kept_and_refused_only_by_the_strict_store(
+    store: ImageStore, tmp_path: Path
+) -> None:
+    data = aci(
+        image_manifest("example.com/su"), [file("su", "x", 0o4755), file("wall", "y", 0o2755)]
     )
-    record = do_import(lenient, data).record
-    assert lenient.rootfs(record.id).joinpath("su").stat().st_mode & stat.S_ISUID
-    lenient.close()
+    record = do_import(store, data).record
+    assert store.rootfs(record.id).joinpath("su").stat().st_mode & stat.S_ISUID
+    assert store.rootfs(record.id).joinpath("wall").stat().st_mode & stat.S_ISGID
+    strict = ImageStore(tmp_path / "strict", durable=False, policy=STRICT_POLICY)
+    with pytest.raises(ImportFailed, match="is setuid or setgid; the strict store refuses that"):
+        do_import(strict, data)
+    assert snapshot(strict) == ([], [], [])
+    strict.close()
 
 
 # --- extended attributes --------------------------------------------------------------------------

@@ -57,6 +57,7 @@ class BootConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     images: tuple[str, ...] = ()  # ACI files, globs allowed
+    strict_images: bool = False  # refuse setuid files and device nodes in images
     initial_pods: tuple[InitialPod, ...] = ()
     pod_networks: tuple[NetworkSpec, ...] = field(default_factory=_default_pod_networks)
 
@@ -90,6 +91,7 @@ _SECTIONS: dict[str, Callable[[Any], Any]] = {
     "network": sections.network_config,
     "api": ApiConfig.from_json,
     "images": lambda v: sections.strings("images", v),
+    "strict_images": lambda v: expect(v, bool, "strict_images"),
     "initial_pods": sections.initial_pods,
     "pod_networks": sections.pod_networks,
 }

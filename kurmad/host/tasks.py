@@ -223,6 +223,7 @@ def api_settings(state: BootState) -> Settings:
         cgroup_parent=state.config.cgroup_parent,
         networks=state.config.pod_networks,
         host_volumes=tuple(Path(p) for p in api.allow_host_volumes),
+        strict_images=state.config.strict_images,
     )
 
 

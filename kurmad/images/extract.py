@@ -3,8 +3,10 @@
 Every path is resolved one component at a time from an open directory descriptor with
 O_NOFOLLOW, so a symlink planted by an earlier entry can never be written through (the
 "symlink-then-write" trick). Entries are created with O_EXCL and never replace anything.
-Hard links may only point at earlier entries of the same rootfs. Device nodes and setuid/setgid
-files are refused unless the policy allows them. What the spec says to keep is kept: modes,
+Hard links may only point at earlier entries of the same rootfs. Setuid/setgid files are kept,
+as podman and Docker keep them: the pod's capability bounding set is what limits them, and
+real distribution images (passwd, su, mount) need them. Device nodes (debootstrap leaves some in /dev) are left out with one warning: a pod's
+/dev is its own and every image mount is nodev. The strict policy, an opt-in, refuses both. What the spec says to keep is kept: modes,
 owners (when running as root), mtimes and extended attributes, except ``trusted.*`` ones: the
 store's trees are overlayfs lower layers, where ``trusted.overlay.*`` changes what overlayfs
 shows (an opaque directory, a redirect, a whiteout), so an entry carrying any is refused. File
@@ -20,6 +22,7 @@ import tarfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from .aci import ROOTFS, AciError, normalise_member_name
@@ -40,15 +43,25 @@ class UnsafeEntryError(AciError):
     """An entry would escape the rootfs or is of a kind the policy refuses."""
 
 
+class Devices(StrEnum):
+    SKIP = "skip"  # left out, named in one warning
+    KEEP = "keep"
+    REFUSE = "refuse"
+
+
 @dataclass(frozen=True)
 class ExtractPolicy:
-    allow_devices: bool = False
-    allow_setuid: bool = False
+    devices: Devices = Devices.SKIP
+    allow_setuid: bool = True
     # Keep security.capability; False refuses every image with file capabilities.
     file_capabilities: bool = True
 
 
 DEFAULT_POLICY = ExtractPolicy()
+# The opt-in strict store (``kurmad serve --strict-images``, the boot config's strict_images).
+STRICT_POLICY = ExtractPolicy(devices=Devices.REFUSE, allow_setuid=False)
+# How many skipped device nodes the warning names before it only counts.
+_NAMED_DEVICES = 5
 
 
 @dataclass
@@ -86,6 +99,7 @@ class SafeExtractor:
         self._dirs: OrderedDict[str, int] = OrderedDict()
         self._dir_meta: dict[str, _DirMeta] = {}
         self._as_root = os.geteuid() == 0
+        self._skipped_devices: list[str] = []
         self.result = ExtractResult()
 
     def __enter__(self) -> SafeExtractor:
@@ -210,6 +224,8 @@ class SafeExtractor:
                 os.fchown(fd, meta.uid, meta.gid)
             os.fchmod(fd, meta.mode)
             os.utime(fd, ns=(_ns(meta.mtime), _ns(meta.mtime)))
+        if self._skipped_devices:
+            self.result.warnings.append(_skipped_devices_warning(self._skipped_devices))
         return self.result
 
     # -- files, links, devices --------------------------------------------------------------
@@ -269,10 +285,13 @@ class SafeExtractor:
             os.close(fd)
 
     def _make_device(self, parent: int, name: str, relative: str, member: tarfile.TarInfo) -> None:
-        if not self._policy.allow_devices:
+        if self._policy.devices is Devices.REFUSE:
             raise UnsafeEntryError(
-                f"entry {_entry(relative)} is a device node; the store refuses them unless allowed"
+                f"entry {_entry(relative)} is a device node; the strict store refuses them"
             )
+        if self._policy.devices is Devices.SKIP:
+            self._skipped_devices.append(relative)
+            return
         kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
         device = os.makedev(member.devmajor, member.devminor)
         os.mknod(name, kind | stat.S_IMODE(member.mode), device, dir_fd=parent)
@@ -289,7 +308,7 @@ class SafeExtractor:
         privileged = member.mode & (stat.S_ISUID | stat.S_ISGID)
         if privileged and member.isreg() and not self._policy.allow_setuid:
             raise UnsafeEntryError(
-                f"entry {_entry(relative)} is setuid or setgid; the store refuses that unless allowed"
+                f"entry {_entry(relative)} is setuid or setgid; the strict store refuses that"
             )
 
     def _check_xattrs(self, relative: str, member: tarfile.TarInfo) -> None:
@@ -330,6 +349,11 @@ class SafeExtractor:
                 self.result.warnings.append(
                     f"{ROOTFS}/{relative}: extended attribute {key} not kept ({err.strerror})"
                 )
+
+
+def _skipped_devices_warning(skipped: list[str]) -> str:
+    named = ", ".join(skipped[:_NAMED_DEVICES]) + (", ..." if len(skipped) > _NAMED_DEVICES else "")
+    return f"left out {len(skipped)} device node(s) ({named}): a pod's /dev is its own"
 
 
 def _entry(relative: str) -> str:
