@@ -60,6 +60,8 @@ class ExtractPolicy:
 DEFAULT_POLICY = ExtractPolicy()
 # The opt-in strict store (``kurmad serve --strict-images``, the boot config's strict_images).
 STRICT_POLICY = ExtractPolicy(devices=Devices.REFUSE, allow_setuid=False)
+# What overlayfs reads as "this directory hides the lower layers' contents".
+OPAQUE_XATTR = "trusted.overlay.opaque"
 # How many skipped device nodes the warning names before it only counts.
 _NAMED_DEVICES = 5
 
@@ -100,6 +102,7 @@ class SafeExtractor:
         self._dir_meta: dict[str, _DirMeta] = {}
         self._as_root = os.geteuid() == 0
         self._skipped_devices: list[str] = []
+        self._opaque: set[str] = set()
         self.result = ExtractResult()
 
     def __enter__(self) -> SafeExtractor:
@@ -153,6 +156,25 @@ class SafeExtractor:
             raise UnsafeEntryError(
                 f"entry {_entry(relative)} has an unsupported tar type {member.type!r}"
             )
+
+    # -- OCI whiteouts, in overlayfs's own form (written by kurmad, never taken from an image) --
+
+    def whiteout(self, relative: str) -> None:
+        """Hide ``relative`` of the layers below: a 0:0 character device, as overlayfs reads one."""
+        parent_path, _, name = relative.rpartition("/")
+        self._trim_cache()
+        self._charge(ENTRY_OVERHEAD)
+        try:
+            os.mknod(
+                name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=self._open_dir(parent_path, relative)
+            )
+        except OSError as err:
+            raise _os_error(f"{ROOTFS}/{relative}", err) from None
+
+    def make_opaque(self, relative: str) -> None:
+        """Hide everything the layers below hold in directory ``relative`` (set at ``finish``,
+        once the directory's own entry, wherever it comes in the layer, has made it)."""
+        self._opaque.add(relative)
 
     # -- directories ------------------------------------------------------------------------
 
@@ -224,6 +246,9 @@ class SafeExtractor:
                 os.fchown(fd, meta.uid, meta.gid)
             os.fchmod(fd, meta.mode)
             os.utime(fd, ns=(_ns(meta.mtime), _ns(meta.mtime)))
+        for relative in sorted(self._opaque):
+            fd = self._root_fd if relative == "" else self._open_dir(relative, relative)
+            os.setxattr(fd, OPAQUE_XATTR, b"y")
         if self._skipped_devices:
             self.result.warnings.append(_skipped_devices_warning(self._skipped_devices))
         return self.result

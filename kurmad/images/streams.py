@@ -341,11 +341,12 @@ class _Unclosing(io.RawIOBase):
 
 
 class HashingReader(io.RawIOBase):
-    """Reads from ``source`` and feeds every byte to SHA-512: the image ID of what was read."""
+    """Reads from ``source`` and feeds every byte to a hash: SHA-512 gives the image ID of what
+    was read; an OCI layer's uncompressed bytes hash (SHA-256) to its diff ID."""
 
-    def __init__(self, source: ByteReader) -> None:
+    def __init__(self, source: ByteReader, algorithm: str = "sha512") -> None:
         self._source = source
-        self._hash = hashlib.sha512()
+        self._hash = hashlib.new(algorithm)
         self.size = 0
 
     def readable(self) -> bool:
@@ -376,6 +377,11 @@ class HashingReader(io.RawIOBase):
     @property
     def image_id(self) -> ImageID:
         return ImageID.from_digest(self._hash.hexdigest())
+
+    @property
+    def digest(self) -> str:
+        """``algorithm:hex``, as OCI spells a digest."""
+        return f"{self._hash.name}:{self._hash.hexdigest()}"
 
 
 class HashingWriter(io.RawIOBase):

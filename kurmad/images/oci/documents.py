@@ -26,6 +26,7 @@ from kurmad.appc._json import (
     str_map,
 )
 from kurmad.appc.errors import ValidationError
+from kurmad.images.streams import Compression
 
 from .reference import Reference
 
@@ -50,12 +51,6 @@ class MediaType(StrEnum):
 INDEX_TYPES = frozenset({MediaType.OCI_INDEX, MediaType.DOCKER_LIST})
 MANIFEST_TYPES = frozenset({MediaType.OCI_MANIFEST, MediaType.DOCKER_MANIFEST})
 CONFIG_TYPES = frozenset({MediaType.OCI_CONFIG, MediaType.DOCKER_CONFIG})
-
-
-class Compression(StrEnum):
-    NONE = "none"
-    GZIP = "gzip"
-    ZSTD = "zstd"
 
 
 LAYER_COMPRESSION = {
