@@ -23,6 +23,7 @@ import base64
 import hashlib
 import http.client
 import json
+import logging
 import re
 import socket
 import ssl
@@ -53,6 +54,7 @@ from .documents import (
 from .reference import DOCKER_HUB, Reference
 from .transfer import CHUNK, BlobTransfer
 
+log = logging.getLogger("kurmad.images.registry")
 CERTS_DIRS = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d"))
 DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
 RESUMES = 3  # a blob transfer that breaks is resumed this many times before it fails
@@ -122,6 +124,7 @@ class RegistryClient:
     def __init__(self, config: RegistryConfig | None = None) -> None:
         self.config = config or RegistryConfig()
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._schemes: dict[str, str] = {}  # an insecure host's scheme, probed once
 
     # --- what callers ask for ---------------------------------------------------------------
 
@@ -225,12 +228,11 @@ class RegistryClient:
         """A 2xx response from the first of the registry's mirrors, then the registry itself,
         that gives one; the registry's own error if none does."""
         assert reference.registry is not None
-        failures = []
         for host in self.config.mirrors.get(reference.registry, ()):
             try:
                 return self._request(host, reference, path, headers)
-            except RegistryError as err:
-                failures.append(str(err))
+            except RegistryError as err:  # the next mirror, or the registry itself, may have it
+                log.info("mirror %s of %s: %s", host, reference.registry, err)
         return self._request(_endpoint(reference.registry), reference, path, headers)
 
     def _request(self, host: str, reference: Reference, path: str,
@@ -284,7 +286,11 @@ class RegistryClient:
             raise RegistryError(f"{url.netloc}: {_reason(err)}") from None
 
     def _scheme(self, host: str) -> str:
-        return "http" if host in self.config.insecure and _plain_http(host) else "https"
+        if host not in self.config.insecure:
+            return "https"
+        if host not in self._schemes:
+            self._schemes[host] = "http" if _plain_http(host) else "https"
+        return self._schemes[host]
 
     def _tls(self, netloc: str) -> ssl.SSLContext:
         context = ssl.create_default_context()
