@@ -130,6 +130,21 @@ def test_run_with_env_volume_user_and_name(daemon: ServeProcess, tmp_path: Path)
     assert result.stdout.splitlines() == ["hi named 1234:2345 /mnt", "from the host", "ro"]
 
 
+@pytest.mark.parametrize(
+    ("user", "ids"),
+    [("app", "1234:2345"), ("nobody", "65534:65534"), ("1234", "1234:2345"), ("4321", "4321:0"),
+     ("app:extra", "1234:3456"), ("app:0", "1234:0")],
+)  # fmt: skip
+def test_run_as_a_user_alone_gives_the_users_own_group(
+    daemon: ServeProcess, user: str, ids: str
+) -> None:
+    """As docker run -u: a user without a group runs with its group from the image's
+    /etc/passwd (the image's group when it has no entry); a group given is kept."""
+    result = kurmactl(daemon, "run", "--rm", "-u", user, "example.com/busybox", "--",
+                      "/bin/sh", "-c", "echo $(id -u):$(id -g)")  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, f"{ids}\n"), result.stderr
+
+
 def test_run_with_the_host_network(daemon: ServeProcess) -> None:
     script = "readlink /proc/self/ns/net; readlink /proc/self/ns/uts"
     shared = kurmactl(

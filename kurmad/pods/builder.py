@@ -48,6 +48,10 @@ from .model import InvalidPod
 
 # An app annotation (aci.md: annotations MAY affect the executor) asking for a terminal.
 TTY_ANNOTATION = "kurmad.io/tty"
+# An app annotation: run as the user's own group from the image's /etc/passwd (the app's group
+# when the user has no entry there), as Docker runs ``-u USER``; appc needs a group, so the
+# app's stays the fallback, and what another executor would use.
+GROUP_FROM_USER_ANNOTATION = "kurmad.io/group-from-user"
 # A pod annotation: the pod shares the host's network namespace (system pods such as ntp).
 HOST_NETWORK_ANNOTATION = "kurmad.io/host-network"
 # A pod annotation: the pod networks it joins, comma-separated, or "none" (loopback only);
@@ -324,6 +328,7 @@ def app_spec(
         ],
         limits=policy.limits,
         tty=resolved.runtime.annotations.get(TTY_ANNOTATION) == "true",
+        group_from_user=resolved.runtime.annotations.get(GROUP_FROM_USER_ANNOTATION) == "true",
         devices=list(policy.devices),
     )
 
@@ -413,7 +418,10 @@ def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
         Mount(path=path, volume=volume.name)
         for volume, (_, path, _) in zip(volumes, run.volumes, strict=True)
     )
-    annotations = Annotations({TTY_ANNOTATION: "true"} if run.tty else {})
+    wanted = {TTY_ANNOTATION: "true"} if run.tty else {}
+    if run.user and not run.group:  # -u USER: the user's own group, as Docker gives it
+        wanted[GROUP_FROM_USER_ANNOTATION] = "true"
+    annotations = Annotations(wanted)
     runtime = RuntimeApp(name=ACName(name), image=RuntimeImage(id=image.id, name=image.manifest.name), app=app,
                          mounts=mounts, annotations=annotations)  # fmt: skip
     pod_annotations = Annotations(

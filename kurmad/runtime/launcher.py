@@ -292,7 +292,7 @@ def _become_entered(request: messages.Enter, fds: list[int]) -> NoReturn:
             os.dup2(fd, target)
         os.setsid()
     app = request.app
-    credentials = resolve(app.user, app.group)
+    credentials = resolve(app.user, app.group, group_from_user=app.group_from_user)
     os.chdir(app.working_directory or "/")
     drop_privileges(app, credentials)
     exec_app(list(request.argv), {**app.env, **request.env})

@@ -42,7 +42,7 @@ def become_app(
         _join_cgroup(cgroup_procs)
         _apply_process_attributes(app)  # through the pod init's /proc: the app's is read-only
         enter_root(rootfs)
-        credentials = users.resolve(app.user, app.group)
+        credentials = users.resolve(app.user, app.group, group_from_user=app.group_from_user)
         _enter_working_directory(app.working_directory)
         env = dict(app.env)
         if credentials.home and "HOME" not in env:

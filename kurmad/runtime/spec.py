@@ -84,6 +84,9 @@ class AppSpec:
     user: str
     group: str
     supplementary_gids: list[int] = field(default_factory=list)
+    # The user's own group from the image's /etc/passwd, ``group`` if it has no entry: what
+    # Docker does with ``-u USER`` (kurmad.io/group-from-user).
+    group_from_user: bool = False
     working_directory: str = "/"
     pre_start: list[str] | None = None
     post_stop: list[str] | None = None

@@ -21,25 +21,37 @@ class Credentials:
 def _lookup(database: str, name: str, field_index: int) -> tuple[int, list[str]] | None:
     """The numeric id and the fields of ``name`` in /etc/passwd or /etc/group of the current
     root, or None."""
+    fields = _fields(database, name, 0)
+    if fields is None or len(fields) <= field_index or not fields[field_index].isdigit():
+        return None
+    return int(fields[field_index]), fields
+
+
+def _fields(database: str, wanted: str, column: int) -> list[str] | None:
+    """The fields of the first line of ``database`` whose ``column`` is ``wanted``."""
     try:
         with open(database, encoding="utf-8", errors="replace") as f:
             for line in f:
                 fields = line.rstrip("\n").split(":")
-                if (
-                    len(fields) > field_index
-                    and fields[0] == name
-                    and fields[field_index].isdigit()
-                ):
-                    return int(fields[field_index]), fields
+                if len(fields) > column and fields[column] == wanted:
+                    return fields
     except FileNotFoundError:
         return None
     return None
 
 
-def resolve(user: str, group: str, root: str = "/") -> Credentials:
-    """Resolve an app's user and group against the root filesystem at ``root``."""
+def resolve(user: str, group: str, root: str = "/", group_from_user: bool = False) -> Credentials:
+    """Resolve an app's user and group against the root filesystem at ``root``; with
+    ``group_from_user``, the group is the user's own from /etc/passwd when it has an entry."""
     uid, home = _resolve_user(user, root)
-    return Credentials(uid, _resolve_group(group, root), home)
+    own = _own_group(user, root) if group_from_user else None
+    return Credentials(uid, own if own is not None else _resolve_group(group, root), home)
+
+
+def _own_group(user: str, root: str) -> int | None:
+    passwd = os.path.join(root, "etc/passwd")
+    fields = _fields(passwd, user, 0) or (_fields(passwd, user, 2) if user.isdigit() else None)
+    return int(fields[3]) if fields and len(fields) > 3 and fields[3].isdigit() else None
 
 
 def _resolve_user(user: str, root: str) -> tuple[int, str | None]:
