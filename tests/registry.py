@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from initrd.vm import free_port
 from kurmad.api.auth import TLSFiles, ensure_server_material
 
 from .busybox import GROUP, PASSWD, busybox_path
@@ -38,12 +39,6 @@ TOOLS = ("docker-registry", "umoci", "skopeo", "htpasswd")
 
 def missing_tools() -> list[str]:
     return [tool for tool in TOOLS if shutil.which(tool) is None]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -43,22 +43,22 @@ def _fields(database: str, wanted: str, column: int) -> list[str] | None:
 def resolve(user: str, group: str, root: str = "/", group_from_user: bool = False) -> Credentials:
     """Resolve an app's user and group against the root filesystem at ``root``; with
     ``group_from_user``, the group is the user's own from /etc/passwd when it has an entry."""
-    uid, home = _resolve_user(user, root)
-    own = _own_group(user, root) if group_from_user else None
+    passwd = os.path.join(root, "etc/passwd")
+    entry = _fields(passwd, user, 0)  # read once for the user and, if asked, its own group
+    uid, home = _resolve_user(user, root, entry)
+    own = None
+    if group_from_user:  # a uid without a named entry: the line that has that uid
+        own = _own_group(entry or (_fields(passwd, user, 2) if user.isdigit() else None))
     return Credentials(uid, own if own is not None else _resolve_group(group, root), home)
 
 
-def _own_group(user: str, root: str) -> int | None:
-    passwd = os.path.join(root, "etc/passwd")
-    fields = _fields(passwd, user, 0) or (_fields(passwd, user, 2) if user.isdigit() else None)
+def _own_group(fields: list[str] | None) -> int | None:
     return int(fields[3]) if fields and len(fields) > 3 and fields[3].isdigit() else None
 
 
-def _resolve_user(user: str, root: str) -> tuple[int, str | None]:
-    found = _lookup(os.path.join(root, "etc/passwd"), user, 2)
-    if found is not None:
-        uid, fields = found
-        return uid, fields[5] if len(fields) > 5 else None
+def _resolve_user(user: str, root: str, entry: list[str] | None) -> tuple[int, str | None]:
+    if entry is not None and len(entry) > 2 and entry[2].isdigit():
+        return int(entry[2]), entry[5] if len(entry) > 5 else None
     if user.isdigit():
         return int(user), None
     if user.startswith("/"):

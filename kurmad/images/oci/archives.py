@@ -14,6 +14,7 @@ kurmad's, while its config digest (the image ID Docker and podman show) is the a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 from collections.abc import Callable
@@ -34,12 +35,12 @@ from .documents import (
     MediaType,
     Platform,
     ResolvedImage,
-    layer_count_matches,
     parse_document,
+    resolve_image,
     verify_digest,
 )
 from .reference import Reference, ReferenceError, parse_reference
-from .transfer import CHUNK, BlobTransfer
+from .transfer import BlobTransfer
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -150,16 +151,9 @@ class OciLayout(ImageArchive):
         entries = self._entries()
         chosen = entries[self._choose([d.annotations.get(REF_NAME, "") for d in entries], name)]
         document, data = self._document(chosen)
-        if isinstance(document, Index):
-            chosen = self._checked(partial(document.select, platform))
-            document, data = self._document(chosen)
-        if not isinstance(document, Manifest):
-            raise ArchiveError(f"{self.path}: an index points at another index")
-        config_bytes = self._small_blob(document.config)
-        config = self._checked(lambda: ImageConfig.from_bytes(config_bytes))
-        self._checked(lambda: layer_count_matches(document, config))
         reference = _reference(chosen.annotations.get(REF_NAME, ""))
-        return ResolvedImage(reference, document, chosen.digest, data, config, config_bytes)
+        return self._checked(partial(resolve_image, document, data, chosen.digest, platform,
+                                     self._document, self._small_blob, reference))  # fmt: skip
 
     def _document(self, descriptor: Descriptor) -> tuple[Index | Manifest, bytes]:
         data = self._small_blob(descriptor)
@@ -212,24 +206,22 @@ class DockerArchive(ImageArchive):
         config = self._checked(lambda: ImageConfig.from_bytes(config_bytes))
         if not config.platform.matches(platform):
             raise ArchiveError(f"{self.path}: the image is for {config.platform}, not {platform}")
-        layers = tuple(self._layer(member) for member in entry.layers)
+        if len(entry.layers) != len(config.diff_ids):
+            raise ArchiveError(f"{self.path}: config.rootfs.diff_ids: {len(config.diff_ids)} "
+                               f"layers, but manifest.json lists {len(entry.layers)}")  # fmt: skip
+        layers = tuple(map(self._layer, entry.layers, config.diff_ids))
         config_descriptor = Descriptor(
             MediaType.DOCKER_CONFIG, _sha256(config_bytes), len(config_bytes)
         )
         manifest = Manifest(MediaType.DOCKER_MANIFEST, config_descriptor, layers)
-        self._checked(lambda: layer_count_matches(manifest, config))
         data = _manifest_bytes(manifest)
         return ResolvedImage(_reference(tag), manifest, _sha256(data), data, config, config_bytes)
 
-    def _layer(self, member: str) -> Descriptor:
-        hasher, size = hashlib.sha256(), 0
-        with self.files.open(member) as source:
-            while chunk := source.read(CHUNK):
-                hasher.update(chunk)
-                size += len(chunk)
-        digest = f"sha256:{hasher.hexdigest()}"
-        self._layer_files[digest] = member
-        return Descriptor(MediaType.DOCKER_LAYER, digest, size)
+    def _layer(self, member: str, diff_id: str) -> Descriptor:
+        """A docker-archive layer is uncompressed: its digest is its diff ID, checked when
+        its blob is read (the layer is not read twice)."""
+        self._layer_files[diff_id] = member
+        return Descriptor(MediaType.DOCKER_LAYER, diff_id, self.files.size(member))
 
     def _blob_member(self, descriptor: Descriptor) -> str:
         member = self._layer_files.get(descriptor.digest)
@@ -246,6 +238,10 @@ class DockerArchive(ImageArchive):
 class _Files:
     def open(self, name: str) -> IO[bytes]:
         raise NotImplementedError
+
+    def size(self, name: str) -> int:
+        with self.open(name) as source:
+            return source.seek(0, io.SEEK_END)
 
     def read(self, name: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
         with self.open(name) as source:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import platform as host_platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -28,10 +29,9 @@ from kurmad.appc._json import (
 from kurmad.appc.errors import ValidationError
 from kurmad.images.streams import Compression
 
-from .reference import Reference
+from .reference import DIGEST_RULE, Reference, is_digest
 
 MAX_MANIFEST_BYTES = 4 * 2**20
-_DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}
 
 
 class MediaType(StrEnum):
@@ -74,12 +74,8 @@ def verify_digest(data: bytes, digest: str, what: str) -> None:
 
 def check_digest(value: object, path: str) -> str:
     text = expect_str(value, path)
-    algorithm, colon, hexa = text.partition(":")
-    length = _DIGEST_LENGTHS.get(algorithm)
-    if not colon or length is None:
-        raise ValidationError(path, f"{text!r} is not a digest: sha256:<hex> or sha512:<hex>")
-    if len(hexa) != length or hexa.strip("0123456789abcdef"):
-        raise ValidationError(path, f"{text!r}: an {algorithm} digest is {length} lowercase hex")
+    if not is_digest(text):
+        raise ValidationError(path, f"{text!r} is not a digest: {DIGEST_RULE}")
     return text
 
 
@@ -295,3 +291,24 @@ class ResolvedImage:
     manifest_bytes: bytes
     config: ImageConfig
     config_bytes: bytes
+
+
+def resolve_image(top: Index | Manifest, top_bytes: bytes, top_digest: str, platform: Platform,
+                  manifest_of: Callable[[Descriptor], tuple[Index | Manifest, bytes]],
+                  blob_of: Callable[[Descriptor], bytes],
+                  reference: Reference | None) -> ResolvedImage:  # fmt: skip
+    """The image ``top`` names for ``platform``: through an index to its manifest, then its
+    config. A registry and an archive differ only in how they fetch (``manifest_of``,
+    ``blob_of``, which raise their own errors and check digests); what the documents say wrong
+    is a ValidationError."""
+    document, data, digest = top, top_bytes, top_digest
+    if isinstance(document, Index):
+        chosen = document.select(platform)
+        document, data = manifest_of(chosen)
+        digest = chosen.digest
+    if not isinstance(document, Manifest):
+        raise ValidationError("index", "an index points at another index")
+    config_bytes = blob_of(document.config)
+    config = ImageConfig.from_bytes(config_bytes)
+    layer_count_matches(document, config)
+    return ResolvedImage(reference, document, digest, data, config, config_bytes)

@@ -34,7 +34,13 @@ MAX_NAME_LENGTH = 255
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST = re.compile(r"(sha256):([0-9a-f]{64})|(sha512):([0-9a-f]{128})")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
+DIGEST_RULE = "sha256:<64 hex> or sha512:<128 hex>, lowercase"
+
+
+def is_digest(text: str) -> bool:
+    """The one digest rule of references and documents alike."""
+    return _DIGEST.fullmatch(text) is not None
 
 
 class ReferenceError(ValueError):
@@ -154,10 +160,8 @@ def _split_digest(text: str) -> tuple[str, str | None]:
     rest, at, digest = text.partition("@")
     if not at:
         return text, None
-    if not _DIGEST.fullmatch(digest):
-        raise ReferenceError(
-            f"{text!r}: digest {digest!r} must be sha256:<64 hex> or sha512:<128 hex>, lowercase"
-        )
+    if not is_digest(digest):
+        raise ReferenceError(f"{text!r}: digest {digest!r} must be {DIGEST_RULE}")
     return rest, digest
 
 

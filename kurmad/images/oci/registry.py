@@ -41,14 +41,13 @@ from .documents import (
     ACCEPT,
     MAX_MANIFEST_BYTES,
     Descriptor,
-    ImageConfig,
     Index,
     Manifest,
     Platform,
     ResolvedImage,
     check_digest,
-    layer_count_matches,
     parse_document,
+    resolve_image,
     verify_digest,
 )
 from .reference import DOCKER_HUB, Reference
@@ -125,6 +124,7 @@ class RegistryClient:
         self.config = config or RegistryConfig()
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._schemes: dict[str, str] = {}  # an insecure host's scheme, probed once
+        self._contexts: dict[str, ssl.SSLContext] = {}  # per host: certs.d read once
 
     # --- what callers ask for ---------------------------------------------------------------
 
@@ -135,17 +135,15 @@ class RegistryClient:
             raise RegistryError(f"{reference}: a short name has no registry to ask")
         reference = reference.with_default_tag()
         data, media_type, digest = self.manifest(reference, reference.digest or reference.tag or "")
-        document = _parse(parse_document, data, media_type, f"{reference}: manifest")
-        if isinstance(document, Index):
-            chosen = _checked(partial(document.select, platform), reference)
-            data, media_type, digest = self.manifest(reference, chosen.digest)
-            document = _parse(parse_document, data, chosen.media_type, f"{reference}: manifest")
-        if not isinstance(document, Manifest):
-            raise RegistryError(f"{reference}: an index points at another index")
-        config_bytes = self.small_blob(reference, document.config)
-        config = _parse(ImageConfig.from_bytes, config_bytes, f"{reference}: config")
-        _checked(partial(layer_count_matches, document, config), reference)
-        return ResolvedImage(reference, document, digest, data, config, config_bytes)
+
+        def manifest_of(descriptor: Descriptor) -> tuple[Index | Manifest, bytes]:
+            body, _, _ = self.manifest(reference, descriptor.digest)
+            return parse_document(body, descriptor.media_type), body
+
+        top = _checked(partial(parse_document, data, media_type), reference)
+        resolving = partial(resolve_image, top, data, digest, platform, manifest_of,
+                            partial(self.small_blob, reference), reference)  # fmt: skip
+        return _checked(resolving, reference)
 
     def manifest(self, reference: Reference, tag_or_digest: str) -> tuple[bytes, str, str]:
         """A manifest's bytes, media type and digest. Asked for by digest, the bytes must hash
@@ -195,10 +193,9 @@ class RegistryClient:
             transfer.restart()
         try:
             while chunk := response.read1(min(CHUNK, descriptor.size - transfer.received + 1)):
-                if transfer.received + len(chunk) > descriptor.size:
-                    raise RegistryError(f"{reference}: blob {descriptor.digest} is longer than "
-                                        f"its {descriptor.size} bytes")  # fmt: skip
                 transfer.take(chunk)
+        except ValueError as err:  # longer than its descriptor: no resume helps
+            raise RegistryError(f"{reference}: {err}") from None
         finally:
             response.close()
         if transfer.received < descriptor.size:
@@ -293,11 +290,14 @@ class RegistryClient:
         return self._schemes[host]
 
     def _tls(self, netloc: str) -> ssl.SSLContext:
-        context = ssl.create_default_context()
+        if netloc not in self._contexts:
+            self._contexts[netloc] = self._new_tls(netloc)
+        return self._contexts[netloc]
+
+    def _new_tls(self, netloc: str) -> ssl.SSLContext:
         if netloc in self.config.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            return context
+            return _unverified_context()
+        context = ssl.create_default_context()
         for directory in self._certs_dirs(netloc):
             for ca in sorted(directory.glob("*.crt")):
                 context.load_verify_locations(cafile=str(ca))
@@ -403,21 +403,21 @@ def _plain_http(host: str) -> bool:
     """An insecure registry speaks plain HTTP unless it answers a TLS handshake."""
     name, _, port = host.rpartition(":") if ":" in host else (host, "", "443")
     try:
-        with socket.create_connection((name, int(port or 443)), timeout=5) as raw:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            with context.wrap_socket(raw, server_hostname=name):
-                return False
+        with (
+            socket.create_connection((name, int(port or 443)), timeout=5) as raw,
+            _unverified_context().wrap_socket(raw, server_hostname=name),
+        ):
+            return False
     except (ssl.SSLError, OSError):
         return True
 
 
-def _parse(parse: Callable[..., T], *args: object) -> T:
-    try:
-        return parse(*args)
-    except ValidationError as err:
-        raise RegistryError(str(err)) from None
+def _unverified_context() -> ssl.SSLContext:
+    """TLS that checks nothing: only for a registry the config names insecure."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _checked(check: Callable[[], T], reference: Reference) -> T:

@@ -32,6 +32,10 @@ class BlobTransfer:
         self.received = 0
 
     def take(self, chunk: bytes) -> None:
+        """One more piece; refused (ValueError) as soon as it is more than the descriptor says."""
+        if self.received + len(chunk) > self.descriptor.size:
+            raise ValueError(f"blob {self.descriptor.digest} is longer than its "
+                             f"{self.descriptor.size} bytes")  # fmt: skip
         self.hasher.update(chunk)
         self.sink.write(chunk)
         self.received += len(chunk)
@@ -49,9 +53,5 @@ class BlobTransfer:
                 f"({self.received} bytes, {self.digest()[:23]}…)")  # fmt: skip
 
     def copy_from(self, source: IO[bytes]) -> None:
-        """All of ``source``, refusing it as soon as it is longer than the descriptor says."""
         while chunk := source.read(CHUNK):
-            if self.received + len(chunk) > self.descriptor.size:
-                raise ValueError(f"blob {self.descriptor.digest} is longer than its "
-                                 f"{self.descriptor.size} bytes")  # fmt: skip
             self.take(chunk)
