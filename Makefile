@@ -7,11 +7,11 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv make busybox-static zstd xz-utils bzip2 gzip util-linux openssl \
 	e2fsprogs dnsmasq-base qemu-system-x86 kmod binutils dropbear-bin libudev1 \
 	nftables containernetworking-plugins \
-	docker-registry umoci skopeo apache2-utils
+	docker-registry umoci skopeo apache2-utils debootstrap
 # The peers the benchmarks measure against: installed by make bench, not by CI.
 BENCH_PACKAGES := crun runc podman
 
-.PHONY: deps setup lint test chaos clean bench bench-deps bench-import bench-executor bench-api bench-boot bench-vm bench-net proto initramfs vm
+.PHONY: deps setup lint test chaos clean bench bench-deps bench-import bench-executor bench-api bench-boot bench-vm bench-net bench-pull proto initramfs vm
 
 deps:
 	apt-get update -q
@@ -64,7 +64,7 @@ bench-deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 $(BENCH_PACKAGES)
 
-bench: bench-deps bench-import bench-executor bench-api bench-boot bench-vm bench-net
+bench: bench-deps bench-import bench-executor bench-api bench-boot bench-vm bench-net bench-pull
 
 bench-import: setup
 	$(PY) -m bench.import_bench
@@ -83,3 +83,6 @@ bench-vm: initramfs
 
 bench-net: setup
 	$(PY) -m bench.net_bench
+
+bench-pull: setup
+	$(PY) -m bench.pull_bench

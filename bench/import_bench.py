@@ -106,7 +106,7 @@ def bench_render(work: Path, rounds: int) -> None:
     seconds = []
     for index in range(rounds):
         scratch_dir = work / f"app-{index}"
-        seconds.append(timed(lambda: mounts.append(mount_app_rootfs(lower, scratch_dir))))  # noqa: B023
+        seconds.append(timed(lambda: mounts.append(mount_app_rootfs([lower], scratch_dir))))  # noqa: B023
     for mount in mounts:
         mount.release()
     kind = "overlayfs" if mounts and mounts[0].mounted else "copy"

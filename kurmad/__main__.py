@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kurmad import __version__
 from kurmad.runtime.spec import DEFAULT_PIDS_LIMIT
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from kurmad.api.server import Daemon
     from kurmad.core import Core, Settings
     from kurmad.host.control import Host
+    from kurmad.images.oci.settings import RegistrySettings
     from kurmad.net.config import NetworkSpec
 
 DEFAULT_STATE_DIR = Path("/var/lib/kurmad")
@@ -79,6 +80,15 @@ def _serve_verb(verbs: Verbs) -> None:
                             "admin role may mount others); repeatable")  # fmt: skip
     serve.add_argument("--pids-limit", type=int, default=DEFAULT_PIDS_LIMIT, metavar="N",
                        help=f"processes a pod may have at once (default {DEFAULT_PIDS_LIMIT})")  # fmt: skip
+    serve.add_argument("--registry-config", type=Path, metavar="FILE",
+                       help="how to reach OCI registries (YAML: docker_config, credentials, "
+                            "search, insecure, mirrors, certs_dirs; the boot config's registries:)")  # fmt: skip
+    serve.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
+                       help="reach this registry without TLS verification; repeatable")  # fmt: skip
+    serve.add_argument("--search-registry", action="append", default=[], metavar="HOST",
+                       help="where short image names are looked for, in order; repeatable")  # fmt: skip
+    serve.add_argument("--docker-config", type=Path, metavar="FILE",
+                       help="a Docker config.json whose auths give registry credentials")  # fmt: skip
     serve.add_argument("--network-config", type=Path, metavar="FILE",
                        help="pod networks (YAML: a list of networks, or networks: and default:)")  # fmt: skip
     serve.set_defaults(func=_serve)
@@ -166,7 +176,29 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         cgroup_parent=args.cgroup_parent, image_quota=args.image_quota, networks=networks,
         default_network=default, host_volumes=_absolute_dirs(args.allow_host_volume),
         pids_limit=_positive(args.pids_limit, "--pids-limit"), strict_images=args.strict_images,
+        registries=_registry_settings(args),
     )  # fmt: skip
+
+
+def _registry_settings(args: argparse.Namespace) -> RegistrySettings:
+    """The --registry-config file's settings with the flags' added (ValueError names the fault)."""
+    import yaml
+
+    from kurmad.images.oci.settings import RegistrySettings
+
+    document: dict[str, Any] = {}
+    if args.registry_config is not None:
+        try:
+            document = yaml.safe_load(args.registry_config.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"--registry-config {args.registry_config}: {err}") from None
+        if not isinstance(document, dict):
+            raise ValueError(f"--registry-config {args.registry_config}: must be a mapping")
+    document["insecure"] = [*document.get("insecure", []), *args.insecure_registry]
+    document["search"] = [*document.get("search", []), *args.search_registry]
+    if args.docker_config is not None:
+        document["docker_config"] = str(args.docker_config)
+    return RegistrySettings.from_json(document, str(args.registry_config or "registries"))
 
 
 def _absolute_dirs(paths: list[Path]) -> tuple[Path, ...]:

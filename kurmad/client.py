@@ -187,20 +187,36 @@ class Client:
     # -- images ---------------------------------------------------------------------------------
 
     def import_image(
-        self, source: BinaryIO, progress: Callable[[int], None] | None = None
+        self, source: BinaryIO, progress: Callable[[int], None] | None = None, name: str = ""
     ) -> pb.ImportResponse:
+        """Import an ACI, an OCI archive (a tar of an OCI layout) or a docker-archive;
+        ``name``: the reference an OCI archive's image is stored as, or which to take."""
+
         def chunks() -> Iterator[pb.ImportChunk]:
             sent = 0
-            while data := source.read(CHUNK):
+            first = True
+            while (data := source.read(CHUNK)) or first:
                 sent += len(data)
                 if progress is not None:
                     progress(sent)
-                yield pb.ImportChunk(data=data)
+                yield pb.ImportChunk(data=data, name=name if first else "")
+                first = False
 
         try:
             return self._images.Import(chunks(), timeout=self.timeout)
         except grpc.RpcError as err:
             raise _translate(err, self.target) from None
+
+    def pull(self, ref: str, platform: str = "") -> Stream[pb.PullProgress]:
+        """Pull an OCI image; the stream gives each layer's progress, then the image."""
+        return self._stream(self._images.Pull(pb.PullRequest(ref=ref, platform=platform)))
+
+    def login(self, registry: str, username: str, password: str) -> None:
+        request = pb.LoginRequest(registry=registry, username=username, password=password)
+        self._call(self._images.Login, request)
+
+    def logout(self, registry: str) -> bool:
+        return self._call(self._images.Logout, pb.LogoutRequest(registry=registry)).removed
 
     def images(self) -> list[pb.Image]:
         """Every image, by name (the daemon sends them in pages)."""

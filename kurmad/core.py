@@ -11,14 +11,47 @@ boot`` from the typed boot config (host/tasks.py)."""
 
 from __future__ import annotations
 
+import io
 import os
-from dataclasses import dataclass
+import tarfile
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from kurmad.appc import PodManifest
 from kurmad.images.extract import DEFAULT_POLICY, STRICT_POLICY
-from kurmad.images.store import ImageStore, ImportResult
+from kurmad.images.oci.archives import ArchiveError, detect, open_archive
+from kurmad.images.oci.documents import Platform, host
+from kurmad.images.oci.pull import (
+    ArchiveSource,
+    Progress,
+    PullError,
+    RegistrySource,
+    find_by_reference,
+    store_image,
+)
+from kurmad.images.oci.reference import (
+    Reference,
+    ReferenceError,
+    Transport,
+    parse_image_ref,
+    parse_reference,
+)
+from kurmad.images.oci.registry import (
+    Credentials,
+    RegistryClient,
+    RegistryConfig,
+    RegistryError,
+    RegistryNotFound,
+    load_docker_auths,
+)
+from kurmad.images.oci.settings import RegistrySettings
+from kurmad.images.store import TMP, ImageRecord, ImageStore, ImportResult
+from kurmad.images.streams import Compression, FormatError, detect_compression
+from kurmad.linux.files import read_json, write_json_atomic
 from kurmad.net.config import NetworkSpec
 from kurmad.net.pods import PodNetworks
 from kurmad.pods.builder import RunRequest, manifest_for_run
@@ -49,6 +82,7 @@ class Settings:
     host_volumes: tuple[Path, ...] = ()  # host paths below which any operator may mount volumes
     pids_limit: int | None = DEFAULT_PIDS_LIMIT  # processes per pod
     strict_images: bool = False  # refuse setuid files and device nodes in images (extract.py)
+    registries: RegistrySettings = field(default_factory=lambda: RegistrySettings())
 
     @property
     def socket_path(self) -> Path:
@@ -98,13 +132,72 @@ class Core:
             events=self.events, networks=networks, host_policy=settings.host_policy(),
             pids_limit=settings.pids_limit,
         )  # fmt: skip
+        self.registries = Registries(settings.state_dir, settings.registries)
 
-    def import_image(self, source: BinaryIO) -> ImportResult:
-        """Import an ACI into the store; a new image is announced (``imported``)."""
-        result = self.store.import_stream(source)
+    def import_image(self, source: BinaryIO, name: str = "") -> ImportResult:
+        """Import an ACI, an OCI layout (as a tar) or a docker-archive, told apart by content;
+        ``name`` is what an OCI archive's image is stored as (or which of its images to take).
+        A new image is announced (``imported``)."""
+        reader: Any = source if hasattr(source, "peek") else io.BufferedReader(source)
+        head = reader.peek(tarfile.BLOCKSIZE)[: tarfile.BLOCKSIZE]
+        if _looks_like_aci(head):
+            result = self.store.import_stream(reader)
+        else:
+            result = self._import_spooled(reader, name)
         if result.created:
             self.events.emit("image", "imported", result.record.id, result.record.name)
         return result
+
+    def _import_spooled(self, source: BinaryIO, name: str) -> ImportResult:
+        spool = self.store.root / TMP / f"upload-{uuid.uuid4().hex}"
+        try:
+            with open(spool, "wb") as sink:
+                while chunk := source.read(1 << 20):
+                    sink.write(chunk)
+            if detect(spool) is None:
+                return self.store.import_file(spool)  # an ACI after all, or its error
+            with open_archive(spool) as archive:
+                chosen, reference = _choose_in_archive(archive.names(), name)
+                return store_image(self.store, ArchiveSource(archive, host(), chosen), reference)
+        except ArchiveError as err:  # said of the spool: say it of what the caller sent
+            raise ArchiveError(str(err).replace(str(spool), "the archive")) from None
+        finally:
+            spool.unlink(missing_ok=True)
+
+    def find_image(self, text: str) -> ImageRecord:
+        """A stored image by OCI reference, ID (or unique prefix) or appc name[:version]."""
+        if text.startswith("appc://"):
+            return self.store.lookup(text.removeprefix("appc://"))
+        found = find_by_reference(self.store, text)
+        return found or self.store.lookup(text.removeprefix("docker://"))
+
+    def pull(
+        self, text: str, platform: str = "", progress: Progress = lambda p: None
+    ) -> ImportResult:
+        """Pull an OCI image by reference (a short name through the search registries) into
+        the store; a new image is announced (``pulled``)."""
+        wanted = Platform.parse(platform) if platform else host()
+        errors: list[RegistryError] = []
+        for reference in self.registries.candidates(text):
+            try:
+                source = RegistrySource(
+                    self.registries.client(), reference.with_default_tag(), wanted
+                )
+                result = store_image(self.store, source, reference.with_default_tag(), progress)
+            except RegistryError as err:
+                errors.append(err)
+                continue
+            if result.created:
+                self.events.emit("image", "pulled", result.record.id, str(reference))
+            return result
+        if len(errors) == 1:
+            raise errors[0]
+        kind = (
+            RegistryNotFound
+            if all(isinstance(e, RegistryNotFound) for e in errors)
+            else RegistryError
+        )
+        raise kind("; ".join(map(str, errors)))
 
     def create_pod(
         self, spec: PodManifest | RunRequest, name: str | None, *, admin: bool, start: bool,
@@ -123,3 +216,107 @@ class Core:
             self.manager.close()
         finally:
             self.store.close()
+
+
+def _looks_like_aci(head: bytes) -> bool:
+    """An ACI is often compressed and begins with its manifest or rootfs; an OCI or Docker
+    archive is a plain tar that begins otherwise. What this cannot tell is spooled and told
+    by its whole content."""
+    try:
+        if detect_compression(head) is not Compression.NONE:
+            return True
+    except FormatError:
+        return True  # no archive of any kind: the ACI reader says what is wrong with it
+    first = head[:100].split(b"\0", 1)[0].decode(errors="replace").removeprefix("./")
+    return first in ("manifest", "rootfs", "rootfs/")
+
+
+def _choose_in_archive(names: list[str], name: str) -> tuple[str | None, Reference | None]:
+    """Which of an archive's images ``name`` means (one of its names, or a reference whose
+    tag is one), and the reference to store it as (None: the archive's own name)."""
+    if not name or (name in names and "/" not in name):
+        return (name or None), None
+    try:
+        reference = parse_reference(name)
+    except ReferenceError as err:
+        raise PullError(f"--name: {err}") from None
+    if name in names:
+        return name, reference
+    return (reference.tag if reference.tag in names else None), reference
+
+
+# The daemon's own registry credentials, kept in the state as a Docker config.json (0600).
+LOGINS = "registries/auth.json"
+
+
+class Registries:
+    """The registry client built from the settings and the logins kurmad keeps; rebuilt when
+    a login changes them."""
+
+    def __init__(self, state_dir: Path, settings: RegistrySettings) -> None:
+        self.settings = settings
+        self.path = state_dir / LOGINS
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        self.certs_dir = state_dir / "certs.d"
+        self._lock = threading.Lock()
+        self._client = self._new_client()
+
+    def client(self) -> RegistryClient:
+        with self._lock:
+            return self._client
+
+    def candidates(self, text: str) -> list[Reference]:
+        """The references to try for ``text``: itself, or a short name in each search registry."""
+        ref = parse_image_ref(text)
+        if ref.transport is Transport.APPC:
+            raise PullError(
+                f"{text}: appc images are fetched by discovery, not pulled from a registry"
+            )
+        if ref.oci is None:
+            parse_reference(ref.text)  # raises the grammar's own error
+            raise ReferenceError(f"{text!r} is not an image reference")
+        if not ref.oci.is_short:
+            return [ref.oci]
+        if not self.settings.search:
+            raise PullError(f"{text} is a short name and no search registry is configured; "
+                            f"name the registry (docker.io/{ref.oci.path}, say)")  # fmt: skip
+        return [ref.oci.in_registry(registry) for registry in self.settings.search]
+
+    def login(self, registry: str, credentials: Credentials) -> None:
+        """Check ``credentials`` against ``registry``, then keep them."""
+        registry = parse_reference(f"{registry}/x").registry or registry
+        trial = self._new_client({registry: credentials})
+        trial.check_login(registry)
+        with self._lock:
+            auths = self._stored()
+            auths[registry] = {"username": credentials.username, "password": credentials.password}
+            write_json_atomic(self.path, {"auths": auths}, mode=0o600)
+            self._client = self._new_client()
+
+    def logout(self, registry: str) -> bool:
+        with self._lock:
+            auths = self._stored()
+            removed = auths.pop(registry, None) is not None
+            write_json_atomic(self.path, {"auths": auths}, mode=0o600)
+            self._client = self._new_client()
+        return removed
+
+    def _stored(self) -> dict[str, dict[str, str]]:
+        try:
+            return dict(read_json(self.path).get("auths", {}))
+        except FileNotFoundError:
+            return {}
+
+    def _new_client(self, extra: Mapping[str, Credentials] | None = None) -> RegistryClient:
+        settings = self.settings
+        credentials: dict[str, Credentials] = {}
+        if settings.docker_config is not None and settings.docker_config.exists():
+            credentials.update(load_docker_auths(settings.docker_config))
+        credentials.update(settings.credentials)
+        if self.path.exists():
+            credentials.update(load_docker_auths(self.path))
+        credentials.update(extra or {})
+        config = RegistryConfig(credentials=credentials, mirrors=settings.mirrors,
+                                insecure=settings.insecure,
+                                certs_dirs=(*settings.certs_dirs, self.certs_dir))  # fmt: skip
+        return RegistryClient(config)

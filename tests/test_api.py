@@ -279,7 +279,7 @@ def test_host_info_and_power_in_serve_mode(daemon: ServeProcess) -> None:
         (("show", "nope"), ("no pod 'nope'", "NOT_FOUND")),
         (
             ("run", "example.com/missing"),
-            ("example.com/missing", "not in the store", "INVALID_ARGUMENT"),
+            ("example.com/missing", "not in the store", "pulling it failed", "example.com"),
         ),
         (("stop", "nope"), ("NOT_FOUND",)),
         (("run", "-e", "NOVALUE", "example.com/busybox"), ("KEY=VALUE",)),

@@ -342,7 +342,10 @@ def test_unknown_top_level_key_names_it_and_the_known_ones(tmp_path: Path) -> No
     path = write(tmp_path, "kurma.yml", "hostnmae: x\nhostname: good\n")
     assert validate_file(path) == [f"{path}: hostnmae: unknown key (known: {KNOWN_TOP})"]
     assert "api, " in KNOWN_TOP
-    assert "hostname, images, initial_pods, modules, network, pod_networks, state_dir" in KNOWN_TOP
+    assert (
+        "hostname, images, initial_pods, modules, network, pod_networks, registries, state_dir"
+        in KNOWN_TOP
+    )
 
 
 def test_wrong_typed_sections_fall_back_and_the_rest_applies(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def test_render_case_as_a_tree_of_links(case_name: str, store: ImageStore) -> No
 @pytest.mark.parametrize("case_name", CASES)
 def test_render_case_as_a_copy(case_name: str, store: ImageStore, tmp_path: Path) -> None:
     lower = render(store, load_case(case_name, store))
-    app = mount_app_rootfs(lower, tmp_path / "app", prefer_overlay=False)
+    app = mount_app_rootfs([lower], tmp_path / "app", prefer_overlay=False)
     try:
         assert app.mounted == (os.geteuid() == 0), "as root a copy is bind-mounted for pivot_root"
         check_case(case_name, app.path)
@@ -114,7 +114,7 @@ def test_render_case_as_a_copy(case_name: str, store: ImageStore, tmp_path: Path
 @pytest.mark.parametrize("case_name", CASES)
 def test_render_case_through_overlayfs(case_name: str, store: ImageStore, tmp_path: Path) -> None:
     lower = render(store, load_case(case_name, store))
-    app = mount_app_rootfs(lower, tmp_path / "app")
+    app = mount_app_rootfs([lower], tmp_path / "app")
     try:
         assert app.mounted
         check_case(case_name, app.path)
@@ -288,8 +288,8 @@ def test_apps_write_to_their_own_upper_layer_only(store: ImageStore, tmp_path: P
         [directory("etc", 0o750), file("etc/motd", "store\n")],
     )
     lower = render(store, record)
-    one = mount_app_rootfs(lower, tmp_path / "one")
-    two = mount_app_rootfs(lower, tmp_path / "two")
+    one = mount_app_rootfs([lower], tmp_path / "one")
+    two = mount_app_rootfs([lower], tmp_path / "two")
     try:
         (one.path / "etc/motd").write_text("changed\n")
         (one.path / "new").write_text("x")
@@ -305,7 +305,7 @@ def test_apps_write_to_their_own_upper_layer_only(store: ImageStore, tmp_path: P
 @needs_overlay
 def test_a_read_only_rootfs_refuses_writes(store: ImageStore, tmp_path: Path) -> None:
     record = add(store, image_manifest("example.com/app"), [file("x", "x")])
-    app = mount_app_rootfs(render(store, record), tmp_path / "ro", read_only=True)
+    app = mount_app_rootfs([render(store, record)], tmp_path / "ro", read_only=True)
     try:
         with pytest.raises(OSError, match="Read-only file system"):
             (app.path / "y").write_text("no")
@@ -319,7 +319,7 @@ def test_a_copied_rootfs_keeps_hard_links(store: ImageStore, tmp_path: Path) -> 
     record = add(
         store, image_manifest("example.com/app"), [file("a", "data"), hardlink("b", "rootfs/a")]
     )
-    app = mount_app_rootfs(render(store, record), tmp_path / "copy", prefer_overlay=False)
+    app = mount_app_rootfs([render(store, record)], tmp_path / "copy", prefer_overlay=False)
     try:
         assert (app.path / "a").stat().st_ino == (app.path / "b").stat().st_ino
         assert (app.path / "a").stat().st_ino != store.rootfs(record.id).joinpath("a").stat().st_ino

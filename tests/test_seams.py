@@ -120,7 +120,7 @@ def test_an_app_status_takes_in_what_the_pod_init_reports() -> None:
 
 def test_launcher_messages_are_one_closed_set() -> None:
     app = AppSpec(
-        name="a", image_id="i", lower="/l", exec=["/bin/true"], env={}, user="0", group="0"
+        name="a", image_id="i", lowers=["/l"], exec=["/bin/true"], env={}, user="0", group="0"
     )
     for message in (messages.StartPod(1, "/pods/x", True, None), messages.Enter(2, 9, app, ["sh"], window=(3, 4)),
                     messages.Ready(7), messages.Exited(8, 256), messages.Started(1, 8),

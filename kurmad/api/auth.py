@@ -55,7 +55,8 @@ REQUIRED_ROLE: dict[str, str] = {
         for m in ("Create", "Start", "Stop", "Remove", "Exec", "Attach")
     },
     **{f"/kurma.v1.Images/{m}": READER for m in ("List", "Get")},
-    **{f"/kurma.v1.Images/{m}": OPERATOR for m in ("Import", "Remove", "GC")},
+    **{f"/kurma.v1.Images/{m}": OPERATOR for m in ("Import", "Remove", "GC", "Pull")},
+    **{f"/kurma.v1.Images/{m}": ADMIN for m in ("Login", "Logout")},  # the host's secrets
     "/kurma.v1.Host/Info": READER,
     "/kurma.v1.Host/Events": READER,
     "/kurma.v1.Host/Reboot": ADMIN,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from kurmad.host.info import HostInfo
+from kurmad.images.oci import convert as oci
 from kurmad.images.store import ImageRecord
 from kurmad.net.plan import NetworkPlan
 from kurmad.pods.events import Event
@@ -62,15 +63,21 @@ def pod(value: Pod) -> pb.Pod:
     )  # fmt: skip
 
 
-def image(record: ImageRecord, used_by: list[str]) -> pb.Image:
+def image(record: ImageRecord, used_by: list[str], size: int | None = None) -> pb.Image:
+    """``size``: with the layers it depends on (ImageStore.total_size), if known."""
+    annotations = record.manifest.annotations
     return pb.Image(
         id=record.id,
         name=record.name,
         labels=dict(record.labels),
-        size=record.size,
+        size=record.size if size is None else size,
         imported_at=record.imported_at,
         manifest_json=record.manifest.dumps(),
         used_by=used_by,
+        reference=annotations.get(oci.REFERENCE, ""),
+        oci_digest=annotations.get(oci.CONFIG_DIGEST, ""),
+        manifest_digest=annotations.get(oci.MANIFEST_DIGEST, ""),
+        layers=len(record.manifest.dependencies) if oci.CONFIG_DIGEST in annotations else 0,
     )
 
 

@@ -12,6 +12,10 @@ import grpc
 
 from kurmad.appc import ValidationError
 from kurmad.host.control import PowerNotAllowed
+from kurmad.images.oci.archives import ArchiveError
+from kurmad.images.oci.pull import PullError
+from kurmad.images.oci.reference import ReferenceError
+from kurmad.images.oci.registry import RegistryError, RegistryNotFound
 from kurmad.images.render import RenderError
 from kurmad.images.store import (
     AmbiguousImage,
@@ -39,6 +43,12 @@ class BadRequest(ValueError):
 # most specific first
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (ReferenceError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ArchiveError, grpc.StatusCode.INVALID_ARGUMENT),
+    (PullError, grpc.StatusCode.FAILED_PRECONDITION),
+    (RegistryNotFound, grpc.StatusCode.NOT_FOUND),
+    # Not UNAVAILABLE: that says kurmad itself cannot be reached.
+    (RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
     (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
     (PrivilegeRequired, grpc.StatusCode.PERMISSION_DENIED),
     (Forbidden, grpc.StatusCode.PERMISSION_DENIED),

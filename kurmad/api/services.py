@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import os
+import queue
 import select
 import threading
 import time
@@ -18,6 +20,8 @@ import grpc
 from kurmad.appc import PodManifest, loads
 from kurmad.core import Core
 from kurmad.host.control import Host
+from kurmad.images.oci.pull import LayerProgress
+from kurmad.images.oci.registry import Credentials
 from kurmad.images.streams import ChunkReader
 from kurmad.linux import tty
 from kurmad.pods.builder import RunRequest
@@ -331,15 +335,59 @@ class ImagesService(rpc.ImagesServicer):
         self.events = core.events
 
     def _image(self, record: Any) -> pb.Image:
-        return convert.image(record, self.store.holders(record.id))
+        return convert.image(record, self.store.holders(record.id), self.store.total_size(record))
 
     @handled
     def Import(
         self, requests: Iterator[pb.ImportChunk], context: grpc.ServicerContext
     ) -> pb.ImportResponse:
-        chunks = ChunkReader(chunk.data for chunk in requests)
-        result = self.core.import_image(io.BufferedReader(chunks, buffer_size=_IMPORT_BUFFER))
+        first = next(requests, pb.ImportChunk())
+        data = itertools.chain([first.data], (chunk.data for chunk in requests))
+        reader = io.BufferedReader(ChunkReader(data), buffer_size=_IMPORT_BUFFER)
+        result = self.core.import_image(reader, first.name)
         return pb.ImportResponse(image=self._image(result.record), created=result.created)
+
+    @handled_stream
+    def Pull(
+        self, request: pb.PullRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.PullProgress]:
+        """The pull runs in a thread of its own; its progress is sent as it comes."""
+        updates: queue.SimpleQueue[pb.PullProgress | BaseException] = queue.SimpleQueue()
+
+        def progress(layer: LayerProgress) -> None:
+            updates.put(pb.PullProgress(layer=pb.PullProgress.Layer(
+                digest=layer.digest, size=layer.size, done=layer.done, state=layer.state)))  # fmt: skip
+
+        def pull() -> None:
+            try:
+                result = self.core.pull(request.ref, request.platform, progress)
+                updates.put(
+                    pb.PullProgress(image=self._image(result.record), created=result.created)
+                )
+            except BaseException as err:
+                updates.put(err)
+
+        threading.Thread(target=pull, name="pull", daemon=True).start()
+        while True:
+            update = updates.get()
+            if isinstance(update, BaseException):
+                raise update
+            yield update
+            if update.HasField("image"):
+                return
+
+    @handled
+    def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginResponse:
+        if not request.registry or not request.username:
+            raise BadRequest("login needs a registry and a username")
+        self.core.registries.login(
+            request.registry, Credentials(request.username, request.password)
+        )
+        return pb.LoginResponse()
+
+    @handled
+    def Logout(self, request: pb.LogoutRequest, context: grpc.ServicerContext) -> pb.LogoutResponse:
+        return pb.LogoutResponse(removed=self.core.registries.logout(request.registry))
 
     @handled
     def List(
@@ -354,11 +402,11 @@ class ImagesService(rpc.ImagesServicer):
 
     @handled
     def Get(self, request: pb.ImageRef, context: grpc.ServicerContext) -> pb.Image:
-        return self._image(self.store.lookup(request.ref))
+        return self._image(self.core.find_image(request.ref))
 
     @handled
     def Remove(self, request: pb.ImageRef, context: grpc.ServicerContext) -> pb.RemoveImageResponse:
-        record = self.store.delete(self.store.lookup(request.ref).id)
+        record = self.store.delete(self.core.find_image(request.ref).id)
         self.events.emit("image", "removed", record.id, record.name)
         return pb.RemoveImageResponse()
 

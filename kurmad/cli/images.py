@@ -15,6 +15,7 @@ from .output import add_format_option, fail
 
 if TYPE_CHECKING:
     from kurmad.api.v1 import kurma_pb2 as pb
+    from kurmad.client import Client
 
 
 def add_verbs(verbs: argparse._SubParsersAction, connection: argparse.ArgumentParser) -> None:
@@ -28,9 +29,13 @@ def _add_store_verbs(
     images: argparse._SubParsersAction, connection: argparse.ArgumentParser
 ) -> None:
     importing = images.add_parser(
-        "import", parents=[connection], help="import an ACI into kurmad's store"
-    )
-    importing.add_argument("file", help="an .aci file, or - for stdin")
+        "import", parents=[connection],
+        help="import an ACI, an OCI layout (a directory or an oci-archive) or a docker-archive",
+    )  # fmt: skip
+    importing.add_argument("file", help="the file or OCI layout directory, or - for stdin")
+    importing.add_argument("--name", default="", metavar="REF",
+                           help="the reference to store an OCI archive's image as, or which of "
+                                "its images to take")  # fmt: skip
     importing.add_argument("-q", "--quiet", action="store_true")
     add_format_option(importing)
     importing.set_defaults(handler=import_image)
@@ -65,14 +70,16 @@ def import_image(args: argparse.Namespace) -> int:
     progress = _Progress(args.file, quiet=args.quiet)
     with client(args) as kurma:
         if args.file == "-":
-            result = kurma.import_image(sys.stdin.buffer, progress)
+            result = kurma.import_image(sys.stdin.buffer, progress, args.name)
+        elif os.path.isdir(args.file):
+            result = _import_layout(kurma, args.file, progress, args.name)
         else:
             try:
                 source = open(args.file, "rb")  # noqa: SIM115 - closed below
             except OSError as err:
                 fail(f"{args.file}: {err.strerror}")
             with source:
-                result = kurma.import_image(source, progress)
+                result = kurma.import_image(source, progress, args.name)
     progress.done()
     if args.output != "table":
         render.emit({**render.as_dict(result.image), "created": result.created}, args.output)
@@ -81,6 +88,37 @@ def import_image(args: argparse.Namespace) -> int:
             f"{result.image.id} {result.image.name}{'' if result.created else ' (already in the store)'}"
         )
     return 0
+
+
+def _import_layout(
+    kurma: Client, directory: str, progress: _Progress, name: str
+) -> pb.ImportResponse:
+    """An OCI layout directory goes to kurmad as the oci-archive it makes: a tar written on
+    the fly by a thread, read from a pipe."""
+    import tarfile
+    import threading
+
+    if not os.path.isfile(os.path.join(directory, "oci-layout")):
+        fail(f"{directory}: a directory to import must be an OCI layout (it has no oci-layout)")
+    read_fd, write_fd = os.pipe()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as sink, tarfile.open(fileobj=sink, mode="w|") as tar:
+                for entry in sorted(os.listdir(directory)):
+                    tar.add(os.path.join(directory, entry), arcname=entry)
+        except BaseException as err:
+            errors.append(err)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with os.fdopen(read_fd, "rb") as source:
+        result = kurma.import_image(source, progress, name)
+    writer.join()
+    if errors:
+        fail(f"{directory}: {errors[0]}")
+    return result
 
 
 class _Progress:

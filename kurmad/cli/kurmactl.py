@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from kurmad import __version__
 
-from . import connection, host, images, offline, pods
+from . import connection, host, images, offline, pods, pulling
 from .output import CliError, error_line
 
 PROG = "kurmactl"
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     pods.add_verbs(verbs, after_verb)
     images.add_verbs(verbs, after_verb)
+    pulling.add_verbs(verbs, after_verb)
     offline.add_manifest_verbs(verbs)
     host.add_verbs(verbs, after_verb)
     return parser

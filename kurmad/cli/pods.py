@@ -16,6 +16,7 @@ from kurmad.volumes import parse_volume
 
 from .connection import client
 from .output import add_format_option, fail
+from .pulling import pull_with_progress
 
 if TYPE_CHECKING:
     from kurmad.api.v1 import kurma_pb2 as pb
@@ -118,12 +119,33 @@ def _command(args: argparse.Namespace, rest: list[str]) -> list[str]:
 
 
 def _image_reference(kurma: Client, image: str) -> str:
-    """An .aci file given to run is imported first; anything else is a reference."""
+    """An .aci file given to run is imported first; an OCI reference the store lacks is
+    pulled (progress on stderr), as ``docker run`` does; anything else is a reference."""
+    from kurmad.client import KurmaError
+
     path = Path(image)
     if image.endswith(".aci") or (path.is_file() and "/" in image):
         with open(path, "rb") as f:
             return kurma.import_image(f).image.id
-    return image
+    try:
+        return kurma.image(image).id
+    except KurmaError as err:
+        if err.code != "NOT_FOUND" or not _pullable(image):
+            return image  # the pod's creation says what is wrong
+    try:
+        return pull_with_progress(kurma, image, "", sys.stderr).id
+    except KurmaError as err:
+        fail(f"image {image} is not in the store, and pulling it failed ({err.code}): {err}")
+
+
+def _pullable(image: str) -> bool:
+    from kurmad.images.oci.reference import ReferenceError, Transport, parse_image_ref
+
+    try:
+        ref = parse_image_ref(image)
+    except ReferenceError:
+        return False
+    return ref.transport is Transport.DOCKER or (ref.oci is not None and not ref.oci.is_short)
 
 
 def _follow_pod(kurma: Client, pod: pb.Pod, args: argparse.Namespace) -> int:

@@ -146,9 +146,18 @@ def show_pod(pod: pb.Pod) -> None:
 
 
 def images_table(images: Sequence[pb.Image]) -> None:
-    rows = [[i.id[:19], i.name, i.labels.get("version", "-"), size(i.size), ago(i.imported_at), ",".join(i.used_by) or "-"]
-            for i in images]  # fmt: skip
-    table(["ID", "NAME", "VERSION", "SIZE", "IMPORTED", "USED BY"], rows)
+    rows = [[i.id[:19], _shown_name(i), i.labels.get("version", "-"), i.oci_digest[:19] or "-",
+             size(i.size), ago(i.imported_at), ",".join(i.used_by) or "-"] for i in images]  # fmt: skip
+    table(["ID", "NAME", "VERSION", "DIGEST", "SIZE", "IMPORTED", "USED BY"], rows)
+
+
+def _shown_name(image: pb.Image) -> str:
+    """An OCI image by its repository as the user typed it, an ACI by its appc name."""
+    if not image.reference:
+        return image.name
+    name = image.reference.split("@")[0]
+    colon = name.rfind(":")
+    return name[:colon] if colon > name.rfind("/") else name
 
 
 def host_info(info: pb.HostInfo) -> None:

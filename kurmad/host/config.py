@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from kurmad.images.oci.settings import RegistrySettings
 from kurmad.net.config import BridgeSpec, NetworkSpec
 from kurmad.net.interfaces import NetworkConfig
 
@@ -58,6 +59,7 @@ class BootConfig:
     api: ApiConfig = field(default_factory=ApiConfig)
     images: tuple[str, ...] = ()  # ACI files, globs allowed
     strict_images: bool = False  # refuse setuid files and device nodes in images
+    registries: RegistrySettings = field(default_factory=RegistrySettings)  # OCI registries
     initial_pods: tuple[InitialPod, ...] = ()
     pod_networks: tuple[NetworkSpec, ...] = field(default_factory=_default_pod_networks)
 
@@ -92,6 +94,7 @@ _SECTIONS: dict[str, Callable[[Any], Any]] = {
     "api": ApiConfig.from_json,
     "images": lambda v: sections.strings("images", v),
     "strict_images": lambda v: expect(v, bool, "strict_images"),
+    "registries": sections.registries,
     "initial_pods": sections.initial_pods,
     "pod_networks": sections.pod_networks,
 }

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kurmad.images.oci.settings import RegistrySettings, SettingsError
 from kurmad.net.config import NetworkError, NetworkSpec, parse_networks
 from kurmad.net.interfaces import InterfaceConfig, NetworkConfig
 from kurmad.pods.restart import RestartPolicy
@@ -107,6 +108,14 @@ def cgroups(value: Any) -> Literal["v1", "v2"]:
     if value not in ("v1", "v2"):
         raise ConfigError(f"cgroups: {value!r} must be v1 or v2")
     return "v1" if value == "v1" else "v2"
+
+
+def registries(value: Any) -> RegistrySettings:
+    """How OCI images are pulled (images/oci/settings.py owns and checks the section)."""
+    try:
+        return RegistrySettings.from_json(value)
+    except SettingsError as err:
+        raise ConfigError(str(err)) from None
 
 
 def strings(key: str, value: Any) -> tuple[str, ...]:

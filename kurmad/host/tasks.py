@@ -224,6 +224,7 @@ def api_settings(state: BootState) -> Settings:
         networks=state.config.pod_networks,
         host_volumes=tuple(Path(p) for p in api.allow_host_volumes),
         strict_images=state.config.strict_images,
+        registries=state.config.registries,
     )
 
 

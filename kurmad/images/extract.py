@@ -94,7 +94,10 @@ class SafeExtractor:
         root: Path,
         policy: ExtractPolicy = DEFAULT_POLICY,
         charge: Callable[[int], None] = lambda n: None,
+        observe: Callable[[bytes], None] | None = None,
     ) -> None:
+        """``observe`` sees every file's data as it is written (a layer's canonical ACI hash)."""
+        self._observe = observe
         self._root_fd = os.open(root, _DIR_FLAGS)
         self._policy = policy
         self._charge = charge
@@ -268,7 +271,9 @@ class SafeExtractor:
         try:
             source = tar.extractfile(member)
             assert source is not None
-            _copy_to_fd(source, fd, member.size, self._charge)  # writing clears capabilities
+            _copy_to_fd(
+                source, fd, member.size, self._charge, self._observe
+            )  # writing clears capabilities
             if self._as_root:
                 os.fchown(fd, member.uid, member.gid)  # clears capabilities too: xattrs after
             self._apply_xattrs(fd, relative, _xattrs(member))
@@ -403,7 +408,8 @@ def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
     }
 
 
-def _copy_to_fd(source: object, fd: int, size: int, charge: Callable[[int], None]) -> None:
+def _copy_to_fd(source: object, fd: int, size: int, charge: Callable[[int], None],
+                observe: Callable[[bytes], None] | None) -> None:  # fmt: skip
     """Copy ``size`` bytes, charging each chunk before it is written (a bomb stops early)."""
     read = source.read  # type: ignore[attr-defined]
     remaining = size
@@ -412,6 +418,8 @@ def _copy_to_fd(source: object, fd: int, size: int, charge: Callable[[int], None
         if not chunk:
             raise AciError("the archive is truncated")
         charge(len(chunk))
+        if observe is not None:
+            observe(chunk)
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view) :]

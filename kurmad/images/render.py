@@ -325,6 +325,29 @@ def render(store: ImageStore, record: ImageRecord) -> Path:
     return done / "rootfs"
 
 
+def lower_dirs(store: ImageStore, record: ImageRecord) -> list[Path]:
+    """The read-only trees an app's root filesystem stacks, uppermost first: for an image
+    made of OCI layers the layers themselves (overlayfs applies their whiteouts; no render),
+    else the one rendered tree."""
+    layers = resolve_layers(store, record)
+    stacked = [layer for layer in layers if layer.image_id and store.get(layer.image_id).layer]
+    if not stacked:
+        return [render(store, record)]
+    if any(layer.whitelists for layer in layers):
+        raise RenderError(f"{record.name}: a pathWhitelist cannot filter OCI layers")
+    dirs = [
+        store.layer_path(layer.image_id) if layer in stacked else layer.rootfs
+        for layer in layers
+        if layer.image_id and (layer in stacked or _has_entries(layer.rootfs))
+    ]
+    return dirs[::-1] or [layers[-1].rootfs]  # no layer at all: the empty rootfs
+
+
+def _has_entries(directory: Path) -> bool:
+    with os.scandir(directory) as entries:
+        return next(entries, None) is not None
+
+
 def layer_ids(store: ImageStore, record: ImageRecord) -> list[ImageID]:
     """Every image a render of ``record`` reads: what a pod must hold while it runs."""
     return list(

@@ -41,6 +41,9 @@ from .extract import DEFAULT_POLICY, ExtractPolicy, SafeExtractor
 
 IMAGES = "images"
 TMP = "tmp"
+# Short names of the layers' trees, so an overlayfs option can name many of them (rootfs.py).
+LINKS = "links"
+_LINK_LENGTH = 20
 INFO = "info.json"
 MANIFEST = "manifest"
 ROOTFS = "rootfs"
@@ -99,6 +102,7 @@ class ImageRecord:
     source_size: int  # bytes of the archive as given (compressed)
     implied_dirs: frozenset[str] = frozenset()
     warnings: tuple[str, ...] = ()
+    layer: bool = False  # an OCI layer (oci/convert.py): a part of images, not listed alone
 
     @property
     def name(self) -> str:
@@ -121,6 +125,7 @@ class ImageRecord:
             "source_size": self.source_size,
             "implied_dirs": sorted(self.implied_dirs),
             "warnings": list(self.warnings),
+            "layer": self.layer,
         }
 
     @classmethod
@@ -134,7 +139,20 @@ class ImageRecord:
             source_size=int(info["source_size"]),
             implied_dirs=frozenset(info.get("implied_dirs", ())),
             warnings=tuple(info.get("warnings", ())),
+            layer=bool(info.get("layer", False)),
         )
+
+
+@dataclass(frozen=True)
+class BuiltTree:
+    """What a builder of a tree (``ImageStore.import_tree``) says about what it wrote."""
+
+    image_id: ImageID
+    manifest_bytes: bytes
+    tar_size: int
+    source_size: int
+    implied_dirs: frozenset[str] = frozenset()
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -255,7 +273,7 @@ class ImageStore:
         # durable: sync the filesystem before an image becomes visible, so a power cut never
         # leaves a committed image with missing data. Only tests and benchmarks turn it off.
         self.durable = durable
-        for sub in (IMAGES, TMP):
+        for sub in (IMAGES, TMP, LINKS):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock_store(root)
         self._lock = threading.RLock()
@@ -284,6 +302,9 @@ class ImageStore:
                 remove_tree(entry)  # not a committed image: cannot happen with atomic renames
                 continue
             index[record.id] = record
+        for link in (self.root / LINKS).iterdir():
+            if not link.exists():  # its layer went while the link stayed (a crash between)
+                link.unlink()
         return index
 
     @staticmethod
@@ -324,6 +345,37 @@ class ImageStore:
             if staging.exists():
                 remove_tree(staging)
 
+    def import_tree(self, build: Callable[[Path, Callable[[int], None]], BuiltTree],
+                    *, layer: bool = False) -> ImportResult:  # fmt: skip
+        """Import an image whose tree ``build`` writes into the rootfs directory it is given
+        (an OCI layer, extracted and hashed in one pass), charging what it writes; committed
+        as atomically as an ACI. ``build`` raises AciError (or OSError) to refuse it."""
+        staging = self.root / TMP / f"import-{uuid.uuid4().hex}"
+        charge = _Charge(self._quota)
+        committed = False
+        try:
+            (staging / ROOTFS).mkdir(parents=True)
+            built = build(staging / ROOTFS, charge)
+            record = ImageRecord(
+                id=built.image_id, manifest=ImageManifest.loads(built.manifest_bytes),
+                imported_at=time.time(), size=charge.total, tar_size=built.tar_size,
+                source_size=built.source_size, implied_dirs=built.implied_dirs,
+                warnings=built.warnings, layer=layer,
+            )  # fmt: skip
+            write_atomic(staging / MANIFEST, built.manifest_bytes)
+            write_json_atomic(staging / INFO, record.to_json())
+            result = self._commit(staging, record)
+            committed = result.created
+            return result
+        except AciError as err:
+            raise ImportFailed(f"not imported: {err}") from None
+        except OSError as err:
+            raise ImportFailed(f"not imported: {err.strerror or err}") from None
+        finally:
+            self._quota.settle(charge.total, committed)
+            if staging.exists():
+                remove_tree(staging)
+
     def _extract(self, source: BinaryIO, staging: Path, charge: _Charge) -> ImageRecord:
         counting = _CountingReader(source)
         with SafeExtractor(staging / ROOTFS, self.policy, charge) as extractor:
@@ -352,8 +404,27 @@ class ImageStore:
                 syncfs(staging)
             os.rename(staging, self._image_dir(record.id))
             fsync_dir(self.root / IMAGES)
+            if record.layer:
+                self._make_link(record.id)
             self._index[record.id] = record
             return ImportResult(record, created=True)
+
+    def _link_path(self, image_id: ImageID) -> Path:
+        return self.root / LINKS / image_id.digest[:_LINK_LENGTH]
+
+    def _make_link(self, image_id: ImageID) -> None:
+        link = self._link_path(image_id)
+        target = f"../{IMAGES}/{image_id.digest}/{ROOTFS}"
+        try:
+            os.symlink(target, link)
+        except FileExistsError:
+            if os.readlink(link) != target:  # 80 bits that collide: refuse, never mix layers up
+                raise StoreError(f"layer {image_id}: its short name {link.name} is taken") from None
+
+    def layer_path(self, image_id: ImageID) -> Path:
+        """A layer's tree by its short name (LINKS): what an overlayfs stack names."""
+        record = self.get(image_id)
+        return self._link_path(record.id) if record.layer else self.rootfs(record.id)
 
     # -- lookup -----------------------------------------------------------------------------
 
@@ -366,9 +437,24 @@ class ImageStore:
     def manifest_bytes(self, image_id: ImageID) -> bytes:
         return (self._image_dir(self.get(image_id).id) / MANIFEST).read_bytes()
 
-    def images(self) -> list[ImageRecord]:
+    def images(self, *, layers: bool = False) -> list[ImageRecord]:
+        """The images, by name and age; OCI layers only when asked for."""
         with self._lock:
-            return sorted(self._index.values(), key=lambda r: (r.name, r.imported_at))
+            records = [r for r in self._index.values() if layers or not r.layer]
+        return sorted(records, key=lambda r: (r.name, r.imported_at))
+
+    def dependents(self, image_id: ImageID) -> list[ImageRecord]:
+        """The images that name ``image_id`` as a dependency by ID."""
+        with self._lock:
+            return [r for r in self._index.values()
+                    if any(d.image_id == image_id for d in r.manifest.dependencies)]  # fmt: skip
+
+    def total_size(self, record: ImageRecord) -> int:
+        """What the image takes with the layers it depends on (each counted once)."""
+        with self._lock:
+            ids = {d.image_id for d in record.manifest.dependencies if d.image_id}
+            layers = [self._index[i] for i in ids if i in self._index and self._index[i].layer]
+        return record.size + sum(layer.size for layer in layers)
 
     def get(self, image_id: str) -> ImageRecord:
         """The image of exactly this ID, or of a unique ID prefix (with or without sha512-)."""
@@ -388,13 +474,16 @@ class ImageStore:
             )
         return matches[0]
 
-    def find(self, name: str, labels: Mapping[str, str] | None = None) -> ImageRecord:
+    def find(self, name: str, labels: Mapping[str, str] | None = None, *,
+             layers: bool = False) -> ImageRecord:  # fmt: skip
         """The image named ``name`` whose labels match. Without a version (or with version
         ``latest``) the latest version wins: an image labelled ``latest``, then the highest
         SemVer, then the most recent import. Without os/arch, images built for another
         platform are left out."""
         wanted = dict(labels or {})
-        candidates = [r for r in self.images() if r.name == name and _labels_match(r, wanted)]
+        candidates = [
+            r for r in self.images(layers=layers) if r.name == name and _labels_match(r, wanted)
+        ]
         if not candidates:
             shown = ",".join([name, *(f"{k}={v}" for k, v in wanted.items())])
             raise ImageNotFound(f"no image {shown} in the store")
@@ -444,14 +533,33 @@ class ImageStore:
     # stalls a listing. A crash in between leaves them in tmp/, which the next start sweeps.
 
     def delete(self, image_id: str) -> ImageRecord:
+        """Delete the image, and the layers it leaves no other image using."""
         with self._lock:
             record = self.get(image_id)
             users = self.holders(record.id)
             if users:
                 raise ImageInUse(f"image {record.id} ({record.name}) is used by {', '.join(users)}")
+            if record.layer and (parents := self.dependents(record.id)):
+                raise ImageInUse(
+                    f"layer {record.id} is part of {', '.join(sorted({p.name for p in parents}))}"
+                )
             doomed = self._unlink(record)
+            doomed += self._unlink_orphaned_layers(record)
         self._remove(doomed)
         return record
+
+    def _unlink_orphaned_layers(self, record: ImageRecord) -> list[Path]:
+        doomed: list[Path] = []
+        for dependency in record.manifest.dependencies:
+            layer = self._index.get(dependency.image_id) if dependency.image_id else None
+            if (
+                layer is not None
+                and layer.layer
+                and not self.holders(layer.id)
+                and not self.dependents(layer.id)
+            ):
+                doomed += self._unlink(layer)
+        return doomed
 
     def gc(self, grace_seconds: float = 0.0) -> list[ImageRecord]:
         """Delete every image no pod holds that was imported more than ``grace_seconds`` ago."""
@@ -459,10 +567,17 @@ class ImageStore:
         removed = []
         doomed: list[Path] = []
         with self._lock:
-            for record in list(self._index.values()):
+            for record in [r for r in self._index.values() if not r.layer]:
                 if record.imported_at <= cutoff and not self.holders(record.id):
                     doomed += self._unlink(record)
                     removed.append(record)
+            for record in [r for r in self._index.values() if r.layer]:
+                if (
+                    record.imported_at <= cutoff
+                    and not self.holders(record.id)
+                    and not self.dependents(record.id)
+                ):
+                    doomed += self._unlink(record)
             doomed += self._drop_derived(lambda layers: all(i in self._index for i in layers))
         self._remove(doomed)
         return removed
@@ -472,6 +587,8 @@ class ImageStore:
         trees to remove once the lock is released."""
         doomed = self.doomed_path("delete", record.id.digest[:16])
         os.rename(self._image_dir(record.id), doomed)
+        if record.layer:
+            self._link_path(record.id).unlink(missing_ok=True)
         del self._index[record.id]
         self._quota.release(record.size)
         return [doomed, *self._on_delete(record.id)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import stat
 from dataclasses import dataclass, field, replace
 
@@ -26,8 +27,10 @@ from kurmad.appc import (
     sanitize_ac_name,
 )
 from kurmad.appc.environment import DEFAULT_PATH
-from kurmad.appc.volumes import KIND_HOST
-from kurmad.images.render import RenderError, layer_ids, render
+from kurmad.appc.volumes import KIND_EMPTY, KIND_HOST
+from kurmad.images.oci.convert import GROUP_FROM_USER, STOP_SIGNAL
+from kurmad.images.oci.pull import find_by_reference
+from kurmad.images.render import RenderError, layer_ids, lower_dirs
 from kurmad.images.store import ImageNotFound, ImageRecord, ImageStore, StoreError
 from kurmad.net.ports import PortRequest
 from kurmad.runtime.isolators import (
@@ -48,10 +51,11 @@ from .model import InvalidPod
 
 # An app annotation (aci.md: annotations MAY affect the executor) asking for a terminal.
 TTY_ANNOTATION = "kurmad.io/tty"
-# An app annotation: run as the user's own group from the image's /etc/passwd (the app's group
-# when the user has no entry there), as Docker runs ``-u USER``; appc needs a group, so the
-# app's stays the fallback, and what another executor would use.
-GROUP_FROM_USER_ANNOTATION = "kurmad.io/group-from-user"
+# An app annotation (and, for an OCI image whose User names no group, an image one): run as
+# the user's own group from the image's /etc/passwd (the app's group when the user has no
+# entry there), as Docker runs ``-u USER``; appc needs a group, so the app's stays the
+# fallback, and what another executor would use.
+GROUP_FROM_USER_ANNOTATION = GROUP_FROM_USER
 # A pod annotation: the pod shares the host's network namespace (system pods such as ntp).
 HOST_NETWORK_ANNOTATION = "kurmad.io/host-network"
 # A pod annotation: the pod networks it joins, comma-separated, or "none" (loopback only);
@@ -297,7 +301,7 @@ def app_spec(
     host's API socket, for an app that asked for it (kurmad.io/api-socket)."""
     app = resolved.app
     try:
-        lower = render(store, resolved.image)
+        lowers = lower_dirs(store, resolved.image)
     except RenderError as err:
         raise InvalidPod(f"app {resolved.runtime.name}: {err}") from None
     handler = {h.name: list(h.exec) for h in app.event_handlers}
@@ -305,7 +309,7 @@ def app_spec(
     return AppSpec(
         name=resolved.runtime.name,
         image_id=resolved.image.id,
-        lower=str(lower),
+        lowers=[str(p) for p in lowers],
         exec=list(app.exec),
         env=environment(resolved.runtime.name, app),
         user=app.user,
@@ -328,9 +332,34 @@ def app_spec(
         ],
         limits=policy.limits,
         tty=resolved.runtime.annotations.get(TTY_ANNOTATION) == "true",
-        group_from_user=resolved.runtime.annotations.get(GROUP_FROM_USER_ANNOTATION) == "true",
+        group_from_user=_group_from_user(resolved),
         devices=list(policy.devices),
+        stop_signal=_stop_signal(resolved),
     )
+
+
+def _group_from_user(resolved: ResolvedApp) -> bool:
+    """Asked by the pod's app, or by the image when the pod takes the image's app as it is."""
+    if resolved.runtime.annotations.get(GROUP_FROM_USER_ANNOTATION) == "true":
+        return True
+    image_says = resolved.image.manifest.annotations.get(GROUP_FROM_USER_ANNOTATION) == "true"
+    return resolved.runtime.app is None and image_says
+
+
+def _stop_signal(resolved: ResolvedApp) -> int:
+    """An OCI image's StopSignal (``SIGQUIT``, ``QUIT`` or ``3``), else SIGTERM."""
+    text = resolved.image.manifest.annotations.get(STOP_SIGNAL, "")
+    if not text:
+        return int(signal.SIGTERM)
+    try:
+        if text.isdigit():
+            return int(signal.Signals(int(text)))
+        name = text.upper()
+        return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+    except (KeyError, ValueError):
+        raise InvalidPod(
+            f"app {resolved.runtime.name}: the image's stop signal {text!r} is no signal"
+        ) from None
 
 
 def _api_socket_mount(target: str | None, socket_path: str | None) -> list[MountSpec]:
@@ -393,9 +422,11 @@ def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
     """The pod manifest ``kurmactl run`` means: the image's app, with the command, the
     environment, the user and the volumes given on the command line."""
     try:
-        image = store.lookup(run.image)
+        image = find_by_reference(store, run.image) or store.lookup(run.image)
     except ImageNotFound:
-        raise InvalidPod(f"image {run.image} is not in the store (import it first)") from None
+        raise InvalidPod(
+            f"image {run.image} is not in the store (pull or import it first)"
+        ) from None
     except StoreError as err:
         raise InvalidPod(f"image {run.image}: {err}") from None
     base = image.manifest.app
@@ -414,12 +445,18 @@ def manifest_for_run(store: ImageStore, run: RunRequest) -> PodManifest:
     name = run.app_name or sanitize_ac_name(image.name.rsplit("/", 1)[-1])
     volumes = [Volume(ACName(f"volume-{i}"), KIND_HOST, source=host, read_only=read_only or None)
                for i, (host, _, read_only) in enumerate(run.volumes)]  # fmt: skip
+    given = {path for _, path, _ in run.volumes}
+    # An image's mount points (an OCI image's Volumes) not given a host path: empty volumes.
+    volumes += [
+        Volume(point.name, KIND_EMPTY) for point in app.mount_points if point.path not in given
+    ]
     mounts = tuple(
         Mount(path=path, volume=volume.name)
-        for volume, (_, path, _) in zip(volumes, run.volumes, strict=True)
+        for volume, (_, path, _) in zip(volumes[: len(run.volumes)], run.volumes, strict=True)
     )
     wanted = {TTY_ANNOTATION: "true"} if run.tty else {}
-    if run.user and not run.group:  # -u USER: the user's own group, as Docker gives it
+    image_own_group = image.manifest.annotations.get(GROUP_FROM_USER_ANNOTATION) == "true"
+    if (run.user or image_own_group) and not run.group:  # the user's own group, as Docker's
         wanted[GROUP_FROM_USER_ANNOTATION] = "true"
     annotations = Annotations(wanted)
     runtime = RuntimeApp(name=ACName(name), image=RuntimeImage(id=image.id, name=image.manifest.name), app=app,

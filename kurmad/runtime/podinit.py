@@ -127,7 +127,7 @@ class PodInit:
 
     def _prepare_app(self, app: _App) -> None:
         app.directory.path.mkdir(parents=True, exist_ok=True)
-        app.rootfs = mount_app_rootfs(Path(app.spec.lower), app.directory.scratch)
+        app.rootfs = mount_app_rootfs([Path(p) for p in app.spec.lowers], app.directory.scratch)
         app.warnings.extend(setup_app_filesystem(
             str(app.rootfs.path), app.spec, self.pod_dir.resolv_conf, self.spec.hosts))  # fmt: skip
 
@@ -232,8 +232,21 @@ class PodInit:
         self._stop_apps(grace=self.spec.stop_grace)
 
     def _stop_apps(self, grace: float) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(-1, signal.SIGTERM)  # from PID 1: every other process of the pod
+        """Each app's main process gets its stop signal (an image's StopSignal, SIGTERM by
+        default); when every app stops on SIGTERM, all the pod's processes get it at once."""
+        custom = [a for a in self.apps if a.spec.stop_signal != signal.SIGTERM]
+        for app in custom:
+            if app.pid is not None and not app.done:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(app.pid, app.spec.stop_signal)
+        if not custom:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signal.SIGTERM)  # from PID 1: every other process of the pod
+        else:
+            for app in self.apps:
+                if app not in custom and app.pid is not None and not app.done:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(app.pid, signal.SIGTERM)
         self.kill_deadline = time.monotonic() + grace
 
     # -- the loop ---------------------------------------------------------------------------------

@@ -78,7 +78,9 @@ class Limits:
 class AppSpec:
     name: str
     image_id: str
-    lower: str  # the rendered root filesystem to lay the app's writable layer over
+    # The read-only trees to lay the app's writable layer over, uppermost first: an ACI's
+    # rendered tree, or an OCI image's layers (rootfs.py stacks them with overlayfs).
+    lowers: list[str]
     exec: list[str]
     env: dict[str, str]
     user: str
@@ -102,6 +104,7 @@ class AppSpec:
     limits: Limits = field(default_factory=Limits)  # the app's own cgroup, inside the pod's
     tty: bool = False  # a terminal instead of log pipes; attach through apps/<name>/tty.sock
     devices: list[DeviceSpec] = field(default_factory=list)  # beyond the default ones
+    stop_signal: int = 15  # what asks the app to stop (an OCI image's StopSignal); SIGTERM
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AppSpec:

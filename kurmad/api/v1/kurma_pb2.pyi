@@ -322,7 +322,7 @@ class AttachRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[AttachStart, _Mapping]] = ..., stdin: _Optional[bytes] = ..., resize: _Optional[_Union[TerminalSize, _Mapping]] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("id", "name", "labels", "size", "imported_at", "manifest_json", "used_by")
+    __slots__ = ("id", "name", "labels", "size", "imported_at", "manifest_json", "used_by", "reference", "oci_digest", "manifest_digest", "layers")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -337,6 +337,10 @@ class Image(_message.Message):
     IMPORTED_AT_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     USED_BY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    OCI_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -344,13 +348,74 @@ class Image(_message.Message):
     imported_at: float
     manifest_json: str
     used_by: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., size: _Optional[int] = ..., imported_at: _Optional[float] = ..., manifest_json: _Optional[str] = ..., used_by: _Optional[_Iterable[str]] = ...) -> None: ...
+    reference: str
+    oci_digest: str
+    manifest_digest: str
+    layers: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., size: _Optional[int] = ..., imported_at: _Optional[float] = ..., manifest_json: _Optional[str] = ..., used_by: _Optional[_Iterable[str]] = ..., reference: _Optional[str] = ..., oci_digest: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., layers: _Optional[int] = ...) -> None: ...
 
 class ImportChunk(_message.Message):
-    __slots__ = ("data",)
+    __slots__ = ("data", "name")
     DATA_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     data: bytes
-    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+    name: str
+    def __init__(self, data: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
+
+class PullRequest(_message.Message):
+    __slots__ = ("ref", "platform")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    platform: str
+    def __init__(self, ref: _Optional[str] = ..., platform: _Optional[str] = ...) -> None: ...
+
+class PullProgress(_message.Message):
+    __slots__ = ("layer", "image", "created")
+    class Layer(_message.Message):
+        __slots__ = ("digest", "size", "done", "state")
+        DIGEST_FIELD_NUMBER: _ClassVar[int]
+        SIZE_FIELD_NUMBER: _ClassVar[int]
+        DONE_FIELD_NUMBER: _ClassVar[int]
+        STATE_FIELD_NUMBER: _ClassVar[int]
+        digest: str
+        size: int
+        done: int
+        state: str
+        def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., done: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    layer: PullProgress.Layer
+    image: Image
+    created: bool
+    def __init__(self, layer: _Optional[_Union[PullProgress.Layer, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class LoginRequest(_message.Message):
+    __slots__ = ("registry", "username", "password")
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    registry: str
+    username: str
+    password: str
+    def __init__(self, registry: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class LoginResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LogoutRequest(_message.Message):
+    __slots__ = ("registry",)
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    registry: str
+    def __init__(self, registry: _Optional[str] = ...) -> None: ...
+
+class LogoutResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    def __init__(self, removed: _Optional[bool] = ...) -> None: ...
 
 class ImportResponse(_message.Message):
     __slots__ = ("image", "created")

@@ -535,6 +535,21 @@ class ImagesStub:
                 request_serializer=kurma_dot_v1_dot_kurma__pb2.GCRequest.SerializeToString,
                 response_deserializer=kurma_dot_v1_dot_kurma__pb2.GCResponse.FromString,
                 _registered_method=True)
+        self.Pull = channel.unary_stream(
+                '/kurma.v1.Images/Pull',
+                request_serializer=kurma_dot_v1_dot_kurma__pb2.PullRequest.SerializeToString,
+                response_deserializer=kurma_dot_v1_dot_kurma__pb2.PullProgress.FromString,
+                _registered_method=True)
+        self.Login = channel.unary_unary(
+                '/kurma.v1.Images/Login',
+                request_serializer=kurma_dot_v1_dot_kurma__pb2.LoginRequest.SerializeToString,
+                response_deserializer=kurma_dot_v1_dot_kurma__pb2.LoginResponse.FromString,
+                _registered_method=True)
+        self.Logout = channel.unary_unary(
+                '/kurma.v1.Images/Logout',
+                request_serializer=kurma_dot_v1_dot_kurma__pb2.LogoutRequest.SerializeToString,
+                response_deserializer=kurma_dot_v1_dot_kurma__pb2.LogoutResponse.FromString,
+                _registered_method=True)
 
 
 class ImagesServicer:
@@ -570,6 +585,25 @@ class ImagesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pull(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Login(self, request, context):
+        """Credentials for a registry, checked against it and kept by the daemon (admin only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -597,6 +631,21 @@ def add_ImagesServicer_to_server(servicer, server):
                     servicer.GC,
                     request_deserializer=kurma_dot_v1_dot_kurma__pb2.GCRequest.FromString,
                     response_serializer=kurma_dot_v1_dot_kurma__pb2.GCResponse.SerializeToString,
+            ),
+            'Pull': grpc.unary_stream_rpc_method_handler(
+                    servicer.Pull,
+                    request_deserializer=kurma_dot_v1_dot_kurma__pb2.PullRequest.FromString,
+                    response_serializer=kurma_dot_v1_dot_kurma__pb2.PullProgress.SerializeToString,
+            ),
+            'Login': grpc.unary_unary_rpc_method_handler(
+                    servicer.Login,
+                    request_deserializer=kurma_dot_v1_dot_kurma__pb2.LoginRequest.FromString,
+                    response_serializer=kurma_dot_v1_dot_kurma__pb2.LoginResponse.SerializeToString,
+            ),
+            'Logout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Logout,
+                    request_deserializer=kurma_dot_v1_dot_kurma__pb2.LogoutRequest.FromString,
+                    response_serializer=kurma_dot_v1_dot_kurma__pb2.LogoutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -734,6 +783,87 @@ class Images:
             '/kurma.v1.Images/GC',
             kurma_dot_v1_dot_kurma__pb2.GCRequest.SerializeToString,
             kurma_dot_v1_dot_kurma__pb2.GCResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kurma.v1.Images/Pull',
+            kurma_dot_v1_dot_kurma__pb2.PullRequest.SerializeToString,
+            kurma_dot_v1_dot_kurma__pb2.PullProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Login(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kurma.v1.Images/Login',
+            kurma_dot_v1_dot_kurma__pb2.LoginRequest.SerializeToString,
+            kurma_dot_v1_dot_kurma__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kurma.v1.Images/Logout',
+            kurma_dot_v1_dot_kurma__pb2.LogoutRequest.SerializeToString,
+            kurma_dot_v1_dot_kurma__pb2.LogoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -310,5 +310,7 @@ def resolve_image(top: Index | Manifest, top_bytes: bytes, top_digest: str, plat
         raise ValidationError("index", "an index points at another index")
     config_bytes = blob_of(document.config)
     config = ImageConfig.from_bytes(config_bytes)
+    if not config.platform.matches(platform):  # a lone manifest names no platform: its config does
+        raise ValidationError("config", f"the image is for {config.platform}, not {platform}")
     layer_count_matches(document, config)
     return ResolvedImage(reference, document, digest, data, config, config_bytes)

@@ -20,6 +20,8 @@ from kurmad.images.aci import AciError, normalise_member_name
 from kurmad.images.extract import DEFAULT_POLICY, ExtractPolicy, ExtractResult, SafeExtractor
 from kurmad.images.streams import Compression, HashingReader, open_decompressed
 
+from .convert import CanonicalAci
+
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 AUFS_META = ".wh..wh."
@@ -32,13 +34,16 @@ class LayerError(AciError):
 
 def extract_layer(source: BinaryIO, compression: Compression, diff_id: str, root: Path,
                   policy: ExtractPolicy = DEFAULT_POLICY,
-                  charge: Callable[[int], None] = lambda n: None) -> ExtractResult:  # fmt: skip
-    """Extract the layer read from ``source`` into ``root`` (an empty directory)."""
+                  charge: Callable[[int], None] = lambda n: None,
+                  canonical: CanonicalAci | None = None) -> ExtractResult:  # fmt: skip
+    """Extract the layer read from ``source`` into ``root`` (an empty directory); every entry
+    also goes to ``canonical``, which hashes the layer's ACI."""
     algorithm = diff_id.split(":", 1)[0]
     tap = HashingReader(open_decompressed(source, compression, threaded=True), algorithm)
+    canonical = canonical or CanonicalAci(b"")
     try:
-        with SafeExtractor(root, policy, charge) as extractor:
-            _walk(tap, extractor)
+        with SafeExtractor(root, policy, charge, canonical.data) as extractor:
+            _walk(tap, extractor, canonical)
             tap.drain()
             result = extractor.finish()
     except (tarfile.TarError, EOFError, OSError) as err:
@@ -50,7 +55,7 @@ def extract_layer(source: BinaryIO, compression: Compression, diff_id: str, root
     return result
 
 
-def _walk(tap: HashingReader, extractor: SafeExtractor) -> None:
+def _walk(tap: HashingReader, extractor: SafeExtractor, canonical: CanonicalAci) -> None:
     seen: set[str] = set()
     with tarfile.open(fileobj=tap, mode="r|", errorlevel=2, bufsize=_TAR_BUFFER) as tar:
         for member in tar:
@@ -61,22 +66,36 @@ def _walk(tap: HashingReader, extractor: SafeExtractor) -> None:
             if path in seen:
                 raise LayerError(f"entry {path!r} appears twice in the layer")
             seen.add(path)
-            _one_entry(path, member, tar, extractor)
+            link = f"rootfs/{normalise_member_name(member.linkname)}" if member.islnk() else ""
+            canonical.entry(member, path, link)
+            if not _one_entry(path, member, tar, extractor) and member.isreg():
+                _read_into(tar, member, canonical)  # data the extractor did not read
+            canonical.end(member.size if member.isreg() else 0)
+
+
+def _read_into(tar: tarfile.TarFile, member: tarfile.TarInfo, canonical: CanonicalAci) -> None:
+    source = tar.extractfile(member)
+    assert source is not None
+    while chunk := source.read(_TAR_BUFFER):
+        canonical.data(chunk)
 
 
 def _one_entry(path: str, member: tarfile.TarInfo, tar: tarfile.TarFile,
-               extractor: SafeExtractor) -> None:  # fmt: skip
+               extractor: SafeExtractor) -> bool:  # fmt: skip
+    """Extract one entry; False when it is a marker whose data (if any) was not read."""
     parent, _, name = path.rpartition("/")
     if name == OPAQUE:
         extractor.make_opaque(parent)
-    elif name.startswith(AUFS_META):
-        return
-    elif name.startswith(WHITEOUT):
+        return False
+    if name.startswith(AUFS_META):
+        return False
+    if name.startswith(WHITEOUT):
         hidden = name[len(WHITEOUT) :]
         if hidden in ("", ".", ".."):  # ".wh.." would hide the directory's parent
             raise LayerError(f"entry {path!r} is a whiteout of no name in its directory")
         extractor.whiteout(f"{parent}/{hidden}" if parent else hidden)
-    else:
-        if member.islnk():  # a hard link names an archive path: the ACI form the extractor reads
-            member.linkname = f"rootfs/{normalise_member_name(member.linkname)}"
-        extractor(f"rootfs/{path}", member, tar)
+        return False
+    if member.islnk():  # a hard link names an archive path: the ACI form the extractor reads
+        member.linkname = f"rootfs/{normalise_member_name(member.linkname)}"
+    extractor(f"rootfs/{path}", member, tar)
+    return True

@@ -67,6 +67,10 @@ class RegistryError(Exception):
     """A registry operation failed; ``str()`` is one line that names the registry."""
 
 
+class RegistryNotFound(RegistryError):
+    """The registry has no such repository, tag or blob (404)."""
+
+
 @dataclass(frozen=True)
 class Credentials:
     username: str
@@ -157,6 +161,14 @@ class RegistryClient:
         _checked(lambda: verify_digest(body, check_digest(digest, "digest"), "manifest"), reference)
         return body, media_type, digest
 
+    def check_login(self, registry: str) -> None:
+        """Ask the registry's ``/v2/`` with this client's credentials for it (what ``docker
+        login`` checks); raise RegistryError if they are refused."""
+        reference = Reference(registry, "kurmad-login")  # a token's scope needs a repository
+        response = self._request(_endpoint(registry), reference, "/v2/", {})
+        response.read()
+        response.close()
+
     def small_blob(self, reference: Reference, descriptor: Descriptor) -> bytes:
         """A blob read whole (a config): at most the manifest limit, verified."""
         if descriptor.size > MAX_MANIFEST_BYTES:
@@ -245,7 +257,8 @@ class RegistryClient:
                                     f"{reference.registry}`")  # fmt: skip
         if response.status in (200, 206):
             return response
-        raise RegistryError(_status_error(reference, path, response))
+        error = RegistryNotFound if response.status == 404 else RegistryError
+        raise error(_status_error(reference, path, response))
 
     def _follow(self, host: str, path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
         """GET ``path`` on ``host``, following redirects (at most ``max_redirects``); the
