@@ -80,14 +80,16 @@ def oem_config(console_password: str) -> dict[str, object]:
     return {"api": {"tls_dir": OEM_TLS_DIR}, "initial_pods": pods}
 
 
-def make_oem_disk(build: Path, tls: TLSFiles, console_password: str) -> Path:
-    """An ext4 image labelled KURMA_OEM with kurma.yml and the server's TLS files (with the
+def make_oem_disk(build: Path, tls: TLSFiles, console_password: str,
+                  extra: dict[str, object] | None = None) -> Path:  # fmt: skip
+    """An ext4 image labelled KURMA_OEM with kurma.yml (the VM's settings, and ``extra``
+    sections: the registries' credentials, say) and the server's TLS files (with the
     revocation list, if any); made without mounting anything (mkfs.ext4 -d)."""
     image = build / "oem.img"
     with tempfile.TemporaryDirectory() as scratch:
         content = Path(scratch)
         (content / "kurma.yml").write_text(
-            yaml.safe_dump(oem_config(console_password), sort_keys=False)
+            yaml.safe_dump({**oem_config(console_password), **(extra or {})}, sort_keys=False)
         )
         (content / "tls").mkdir(mode=0o700)
         for source in (tls.ca_cert, tls.server_cert, tls.server_key):
@@ -112,11 +114,12 @@ def make_data_disk(path: Path, size: int = DATA_SIZE) -> Path:
     return path
 
 
-def provision(directory: Path, console_password: str = "kurma") -> tuple[Path, Path]:
-    """What one VM is given, in ``directory``: its OEM disk (with its TLS files) and the
-    admin bundle that reaches it."""
+def provision(directory: Path, console_password: str = "kurma",
+              extra: dict[str, object] | None = None) -> tuple[Path, Path]:  # fmt: skip
+    """What one VM is given, in ``directory``: its OEM disk (with its TLS files and the
+    ``extra`` config sections) and the admin bundle that reaches it."""
     tls, admin = make_tls(directory)
-    return make_oem_disk(directory, tls, console_password), admin
+    return make_oem_disk(directory, tls, console_password, extra), admin
 
 
 def prepare(build: Path, console_password: str = "kurma") -> Artifacts:

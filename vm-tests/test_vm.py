@@ -12,13 +12,42 @@ import pytest
 from vmkit import WEB_PORT, Booted, boot
 
 from kurmad.api.v1 import kurma_pb2 as pb
+from tests.registry import Registry, build_busybox_layout, missing_tools, running_registry
 
 SURVIVOR = "example.com/survivor"
 
 
+# The host's registry as the VM sees it: QEMU's user network puts the host's loopback at 10.0.2.2.
+HOST_FROM_GUEST = "10.0.2.2"
+REGISTRY_USER = {"fleet": "0ci-pa55"}
+
+
 @pytest.fixture(scope="module")
-def vm(vm_factory: list[Booted], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
-    booted = boot(tmp_path_factory.mktemp("vm"), data=True)
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry | None]:
+    """A registry behind a login on the host, holding the tests' three-layer busybox image
+    (None without the tools: only the test that pulls from it is skipped, and says why)."""
+    if missing_tools():
+        yield None
+        return
+    root = tmp_path_factory.mktemp("registry")
+    layout = build_busybox_layout(root / "layout")
+    with running_registry(root / "registry", auth="htpasswd", users=REGISTRY_USER) as running:
+        running.push(layout, "1.0", "web:1.0", user="fleet")
+        yield running
+
+
+@pytest.fixture(scope="module")
+def vm(vm_factory: list[Booted], tmp_path_factory: pytest.TempPathFactory,
+       registry: Registry | None) -> Iterator[Booted]:  # fmt: skip
+    # The VM is carried the registry's credentials by its OEM config, as a fleet's would be.
+    # Its certificate names 127.0.0.1, not the guest's view of the host: TLS unverified.
+    oem: dict[str, object] = {}
+    if registry is not None:
+        guest_view = f"{HOST_FROM_GUEST}:{registry.port}"
+        ((user, password),) = REGISTRY_USER.items()
+        credentials = {guest_view: {"username": user, "password": password}}
+        oem["registries"] = {"insecure": [guest_view], "credentials": credentials}
+    booted = boot(tmp_path_factory.mktemp("vm"), data=True, oem=oem)
     vm_factory.append(booted)
     booted.wait_booted()
     yield booted
@@ -82,6 +111,22 @@ def test_a_published_port_reaches_a_pod_on_the_bridge(vm: Booted) -> None:
         (network,) = client.get("web").networks
     assert network.name == "kurma0" and network.address.startswith("10.222.")
     assert vm.kurmactl("rm", "-f", "web").returncode == 0
+
+
+def test_an_oci_image_pulled_in_the_vm_runs_on_its_kernels_overlayfs(
+    vm: Booted, registry: Registry | None
+) -> None:
+    """The 6.1 kernel reads only overlayfs's own whiteouts: the layers' deleted file and
+    opaque directory must hold in the pod as they do on the host."""
+    if registry is None:
+        pytest.skip(f"no registry: {', '.join(missing_tools())} missing (make deps installs them)")
+    ref = f"{HOST_FROM_GUEST}:{registry.port}/web:1.0"
+    pulled = vm.kurmactl("pull", ref)
+    assert pulled.returncode == 0, pulled.stderr
+    script = "ls /data; test -e /etc/deleted || echo deleted-gone; cat /www/index.html"
+    ran = vm.kurmactl("run", "--rm", ref, "--", "/bin/sh", "-c", script)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split("\n") == ["newest", "deleted-gone", "hello from an OCI image", ""]
 
 
 def test_an_image_on_the_data_disk_survives_a_reboot(vm: Booted, tmp_path: Path) -> None:

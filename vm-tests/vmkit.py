@@ -67,12 +67,14 @@ class Booted:
         raise TimeoutError("the API never went away")
 
 
-def boot(workdir: Path, *, data: bool, append: str = "") -> Booted:
+def boot(workdir: Path, *, data: bool, append: str = "",
+         oem: dict[str, object] | None = None) -> Booted:  # fmt: skip
+    """A VM booted from the built initramfs; ``oem``: more sections for its OEM kurma.yml."""
     workdir.mkdir(parents=True, exist_ok=True)
     kernel = fetch(BUILD)
-    oem, admin = provision(workdir)
+    oem_disk, admin = provision(workdir, extra=oem)
     disks = [make_data_disk(workdir / "data.img", 512 * 2**20)] if data else []
-    vm = Vm(kernel.vmlinuz, INITRAMFS, free_port(), console=workdir / "console.log", oem=oem,
+    vm = Vm(kernel.vmlinuz, INITRAMFS, free_port(), console=workdir / "console.log", oem=oem_disk,
             disks=disks, append=append, monitor=workdir / "monitor.sock",
             forwards={free_port(): WEB_PORT})  # fmt: skip
     return Booted(vm.start(), admin, workdir)
