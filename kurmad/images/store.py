@@ -327,34 +327,15 @@ class ImageStore:
     def import_stream(self, source: BinaryIO) -> ImportResult:
         """Import an ACI: decompress, hash and extract in one pass, then commit atomically.
         Importing an image already in the store changes nothing and returns the same ID."""
-        staging = self.root / TMP / f"import-{uuid.uuid4().hex}"
-        charge = _Charge(self._quota)
-        committed = False
-        try:
-            (staging / ROOTFS).mkdir(parents=True)
-            record = self._extract(source, staging, charge)
-            result = self._commit(staging, record)
-            committed = result.created
-            return result
-        except AciError as err:
-            raise ImportFailed(f"not imported: {err}") from None
-        except OSError as err:
-            raise ImportFailed(f"not imported: {err.strerror or err}") from None
-        finally:
-            self._quota.settle(charge.total, committed)
-            if staging.exists():
-                remove_tree(staging)
+        return self._import(lambda staging, charge: self._extract(source, staging, charge))
 
     def import_tree(self, build: Callable[[Path, Callable[[int], None]], BuiltTree],
                     *, layer: bool = False) -> ImportResult:  # fmt: skip
         """Import an image whose tree ``build`` writes into the rootfs directory it is given
         (an OCI layer, extracted and hashed in one pass), charging what it writes; committed
         as atomically as an ACI. ``build`` raises AciError (or OSError) to refuse it."""
-        staging = self.root / TMP / f"import-{uuid.uuid4().hex}"
-        charge = _Charge(self._quota)
-        committed = False
-        try:
-            (staging / ROOTFS).mkdir(parents=True)
+
+        def stage(staging: Path, charge: _Charge) -> ImageRecord:
             built = build(staging / ROOTFS, charge)
             record = ImageRecord(
                 id=built.image_id, manifest=ImageManifest.loads(built.manifest_bytes),
@@ -364,7 +345,19 @@ class ImageStore:
             )  # fmt: skip
             write_atomic(staging / MANIFEST, built.manifest_bytes)
             write_json_atomic(staging / INFO, record.to_json())
-            result = self._commit(staging, record)
+            return record
+
+        return self._import(stage)
+
+    def _import(self, stage: Callable[[Path, _Charge], ImageRecord]) -> ImportResult:
+        """``stage`` fills a directory in tmp/ (charging what it writes) and says what it
+        holds; a complete one is committed, anything else leaves nothing behind."""
+        staging = self.root / TMP / f"import-{uuid.uuid4().hex}"
+        charge = _Charge(self._quota)
+        committed = False
+        try:
+            (staging / ROOTFS).mkdir(parents=True)
+            result = self._commit(staging, stage(staging, charge))
             committed = result.created
             return result
         except AciError as err:

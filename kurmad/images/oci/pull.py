@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -188,7 +187,6 @@ class _Meter:
     def __init__(self, descriptor: Descriptor, progress: Progress) -> None:
         self.descriptor, self.progress = descriptor, progress
         self.done = self.reported = 0
-        self.lock = threading.Lock()
 
     def __call__(self, amount: int) -> None:
         self.done += amount
